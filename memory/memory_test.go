@@ -1,0 +1,95 @@
+package memory
+
+import (
+	"errors"
+	"testing"
+)
+
+func TestSliceBounds(t *testing.T) {
+	m, err := New([]Range{{GPA: 0, Size: 0x2000}, {GPA: 0x10000, Size: 0x1000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	tests := []struct {
+		name string
+		gpa  uint64
+		n    uint64
+		ok   bool
+	}{
+		{"start", 0, 1, true},
+		{"whole first", 0, 0x2000, true},
+		{"end of first, empty", 0x2000, 0, true},
+		{"past first", 0x1fff, 2, false},
+		{"gap", 0x3000, 1, false},
+		{"second", 0x10000, 0x1000, true},
+		{"second overflow", 0x10fff, 2, false},
+		{"wrap", ^uint64(0), 2, false},
+		{"huge length", 0x10, ^uint64(0), false},
+		{"below", 0, 0x2001, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := m.Slice(tc.gpa, tc.n)
+			if tc.ok {
+				if err != nil || uint64(len(b)) != tc.n {
+					t.Fatalf("Slice(%#x,%#x) = %d bytes, %v", tc.gpa, tc.n, len(b), err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrRange) {
+				t.Fatalf("Slice(%#x,%#x) err = %v, want ErrRange", tc.gpa, tc.n, err)
+			}
+		})
+	}
+}
+
+func TestRejectsOverlap(t *testing.T) {
+	if _, err := New([]Range{{0, 0x2000}, {0x1000, 0x1000}}); err == nil {
+		t.Fatal("overlapping ranges accepted")
+	}
+	if _, err := New([]Range{{0, 0x1001}}); err == nil {
+		t.Fatal("unaligned range accepted")
+	}
+}
+
+func TestAtomic16(t *testing.T) {
+	m, err := New([]Range{{0, 0x1000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.PutUint16(0x10, 0xaaaa); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.StoreUint16Release(0x12, 0x1234); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := m.Uint16(0x10); v != 0xaaaa {
+		t.Fatalf("neighbour clobbered: %#x", v)
+	}
+	if v, err := m.LoadUint16Acquire(0x12); err != nil || v != 0x1234 {
+		t.Fatalf("LoadUint16Acquire = %#x, %v", v, err)
+	}
+	if _, err := m.LoadUint16Acquire(0x13); err == nil {
+		t.Fatal("misaligned load accepted")
+	}
+	if err := m.StoreUint16Release(0xffe, 7); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.LoadUint16Acquire(0x1000); err == nil {
+		t.Fatal("out of range load accepted")
+	}
+}
+
+func FuzzSlice(f *testing.F) {
+	f.Add(uint64(0), uint64(1))
+	f.Add(uint64(0xfff), uint64(2))
+	m := FromBytes(Region{GPA: 0x1000, Host: make([]byte, 0x1000)}, Region{GPA: 0x4000, Host: make([]byte, 0x800)})
+	f.Fuzz(func(t *testing.T, gpa, n uint64) {
+		b, err := m.Slice(gpa, n)
+		if err == nil && uint64(len(b)) != n {
+			t.Fatalf("len %d != %d", len(b), n)
+		}
+	})
+}
