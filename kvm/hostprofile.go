@@ -1,0 +1,70 @@
+package kvm
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"strings"
+)
+
+// HostProfile describes which KVM implementation backs /dev/kvm.
+type HostProfile struct {
+	// PVM is true when /dev/kvm is PVM (the kvm_pvm module: KVM without
+	// hardware virtualization). Guests that are not PVM-enlightened then
+	// run in KVM's instruction emulator: slowly, and with
+	// ExitInternalError for instructions the emulator lacks.
+	PVM bool
+	// Reason says what the decision is based on, for logs.
+	Reason string
+}
+
+// DetectHostProfile inspects /sys/module and /proc/cpuinfo. It never fails:
+// missing files lead to a best guess, explained in Reason.
+func DetectHostProfile() HostProfile {
+	cpuinfo, _ := os.ReadFile("/proc/cpuinfo")
+	return detectHostProfile(func(name string) bool {
+		_, err := os.Stat("/sys/module/" + name)
+		return err == nil
+	}, cpuinfo)
+}
+
+// IsPVM reports DetectHostProfile().PVM.
+func IsPVM() bool { return DetectHostProfile().PVM }
+
+func detectHostProfile(moduleLoaded func(string) bool, cpuinfo []byte) HostProfile {
+	switch {
+	case moduleLoaded("kvm_pvm"):
+		return HostProfile{PVM: true, Reason: "module kvm_pvm is loaded"}
+	case moduleLoaded("kvm_intel"):
+		return HostProfile{Reason: "module kvm_intel is loaded (VMX)"}
+	case moduleLoaded("kvm_amd"):
+		return HostProfile{Reason: "module kvm_amd is loaded (SVM)"}
+	}
+	flags := cpuFlags(cpuinfo)
+	switch {
+	case flags == nil:
+		return HostProfile{Reason: "no KVM vendor module found and no CPU flags readable"}
+	case flags["vmx"] || flags["svm"]:
+		return HostProfile{Reason: "CPU has vmx/svm"}
+	}
+	return HostProfile{PVM: true, Reason: "CPU has neither vmx nor svm"}
+}
+
+// cpuFlags returns the set of words on the first "flags" line of a
+// /proc/cpuinfo text, or nil if there is none.
+func cpuFlags(cpuinfo []byte) map[string]bool {
+	sc := bufio.NewScanner(bytes.NewReader(cpuinfo))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		key, val, ok := strings.Cut(sc.Text(), ":")
+		if !ok || strings.TrimSpace(key) != "flags" {
+			continue
+		}
+		flags := make(map[string]bool)
+		for _, f := range strings.Fields(val) {
+			flags[f] = true
+		}
+		return flags
+	}
+	return nil
+}
