@@ -1,0 +1,213 @@
+package harness_test
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	vnet "github.com/govmd/govmd/devices/net"
+	"github.com/govmd/govmd/internal/harness"
+)
+
+// testMAC is the virtio NIC's (and tap B's) address.
+var testMAC = net.HardwareAddr{0x52, 0x54, 0x00, 0x12, 0x34, 0x56}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+func testLog(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// rig is a NIC on tap A bridged to tap B.
+type rig struct {
+	env    *harness.NetEnv
+	dev    *vnet.Device
+	nic    *harness.NIC
+	bridge *harness.Bridge
+}
+
+type rigConfig struct {
+	dev vnet.Config
+	nic harness.NICConfig
+	// noBridge leaves tap B unconnected.
+	noBridge bool
+}
+
+func newRig(t testing.TB, cfg rigConfig) *rig {
+	t.Helper()
+	env := harness.NewNetEnv(t, testMAC)
+	cfg.dev.MAC = testMAC
+	if cfg.dev.Log == nil {
+		cfg.dev.Log = testLog(t)
+	}
+	dev, err := vnet.New(env.TapA, cfg.dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close() })
+	nic, err := harness.NewNIC(dev, cfg.nic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nic.Close)
+	r := &rig{env: env, dev: dev, nic: nic}
+	if !cfg.noBridge {
+		r.bridge, err = nic.StartBridge(env.TapB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := r.bridge.Stop(); err != nil {
+				t.Errorf("bridge: %v", err)
+			}
+		})
+	}
+	t.Cleanup(func() {
+		if v, n := nic.Violations(); n > 0 {
+			t.Errorf("%d received headers broke the negotiated features, first: %v", n, v)
+		}
+		t.Logf("device stats: %v", dev.Stats())
+	})
+	return r
+}
+
+// checkBridge fails the test if the bridge met an error so far.
+func (r *rig) checkBridge(t testing.TB) {
+	t.Helper()
+	if r.bridge != nil {
+		if err := r.bridge.Err(); err != nil {
+			t.Fatalf("bridge: %v", err)
+		}
+	}
+}
+
+// tcpTransfer sends size random bytes over TCP from a socket in from to a
+// listener on dst:port in to and checks the SHA-256 of what arrived.
+func tcpTransfer(from, to *harness.NS, dst net.IP, port, size int) error {
+	var ln net.Listener
+	addr := net.JoinHostPort(dst.String(), fmt.Sprint(port))
+	if err := to.Do(func() (err error) { ln, err = net.Listen("tcp", addr); return }); err != nil {
+		return err
+	}
+	defer ln.Close()
+	type result struct {
+		sum [32]byte
+		n   int64
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- result{err: err}
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		h := sha256.New()
+		n, err := io.Copy(h, c)
+		var r result
+		copy(r.sum[:], h.Sum(nil))
+		r.n, r.err = n, err
+		got <- r
+	}()
+	data := make([]byte, size)
+	rand.Read(data)
+	want := sha256.Sum256(data)
+	var c net.Conn
+	err := from.Do(func() (err error) {
+		d := net.Dialer{Timeout: 10 * time.Second}
+		c, err = d.Dial("tcp", addr)
+		return
+	})
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", addr, err)
+	}
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	if _, err := io.Copy(c, bytes.NewReader(data)); err != nil {
+		c.Close()
+		return fmt.Errorf("send to %s: %w", addr, err)
+	}
+	c.Close()
+	select {
+	case r := <-got:
+		if r.err != nil {
+			return fmt.Errorf("receive on %s: %w", addr, r.err)
+		}
+		if r.n != int64(size) || r.sum != want {
+			return fmt.Errorf("%s: received %d bytes, sha256 mismatch=%v", addr, r.n, r.sum != want)
+		}
+		return nil
+	case <-time.After(60 * time.Second):
+		return errors.New("transfer timed out")
+	}
+}
+
+// udpTransfer sends count datagrams of each size from from to dst:port in
+// to and returns how many arrived intact.
+func udpTransfer(from, to *harness.NS, dst net.IP, port, count int, sizes []int) (int, int, error) {
+	var rc, sc *net.UDPConn
+	addr := &net.UDPAddr{IP: dst, Port: port}
+	if err := to.Do(func() (err error) { rc, err = net.ListenUDP("udp", addr); return }); err != nil {
+		return 0, 0, err
+	}
+	defer rc.Close()
+	rc.SetReadBuffer(8 << 20)
+	if err := from.Do(func() (err error) { sc, err = net.DialUDP("udp", nil, addr); return }); err != nil {
+		return 0, 0, err
+	}
+	defer sc.Close()
+	done := make(chan int, 1)
+	go func() {
+		buf := make([]byte, 65536)
+		ok := 0
+		for {
+			rc.SetReadDeadline(time.Now().Add(time.Second))
+			n, err := rc.Read(buf)
+			if err != nil {
+				done <- ok
+				return
+			}
+			if n >= 4 && bytes.Equal(buf[4:n], pattern(n-4, buf[0])) {
+				ok++
+			}
+		}
+	}()
+	sent := 0
+	for i := 0; i < count; i++ {
+		for _, s := range sizes {
+			d := make([]byte, s)
+			d[0] = byte(i)
+			copy(d[4:], pattern(s-4, d[0]))
+			if _, err := sc.Write(d); err != nil {
+				return 0, sent, fmt.Errorf("send: %w", err)
+			}
+			sent++
+			if sent%32 == 0 {
+				time.Sleep(time.Millisecond) // stay below the socket buffers
+			}
+		}
+	}
+	return <-done, sent, nil
+}
+
+func pattern(n int, seed byte) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = seed + byte(i*7)
+	}
+	return b
+}
