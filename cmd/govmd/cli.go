@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+
+	"github.com/govmd/govmd/vmm"
+)
+
+// Exit statuses.
+const (
+	exitOK       = 0
+	exitFailure  = 1
+	exitUsage    = 2
+	exitReboot   = 3
+	exitCanceled = 130
+)
+
+const usage = `usage:
+  govmd run --kernel PATH [--initrd PATH] [--cmdline STR] [--memory 512M] [--cpus N]
+            [--console stdio|PATH] [--net tap=NAME[,mac=MAC][,transport=transitional|modern|legacy]
+            [,offload=on|off|csum][,locked]]... [--disk PATH[,ro][,serial=ID][,transport=...]]...
+            [--cpu-profile auto|host|pvm] [--log-level debug|info|warn|error]
+  govmd version
+`
+
+// version is set by the linker (-X main.version=...); otherwise the module
+// build info is used.
+var version = ""
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		v := bi.Main.Version
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				v += " " + s.Value[:12]
+			}
+		}
+		return v
+	}
+	return "unknown"
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	switch args[0] {
+	case "version", "--version", "-version":
+		fmt.Fprintf(stdout, "govmd %s\n", versionString())
+		return exitOK
+	case "run":
+		return runVM(args[1:], stdin, stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "govmd: unknown command %q\n%s", args[0], usage)
+	return exitUsage
+}
+
+// listFlag collects a repeatable flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, " ") }
+func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
+
+func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var (
+		cfg      vmm.Config
+		memory   = fs.String("memory", "512M", "guest RAM (K, M, G suffixes)")
+		console  = fs.String("console", "stdio", "serial console: stdio or a file path")
+		logLevel = fs.String("log-level", "info", "debug, info, warn or error")
+		nets     listFlag
+		disks    listFlag
+	)
+	fs.StringVar(&cfg.Kernel, "kernel", "", "bzImage or ELF vmlinux (PVH)")
+	fs.StringVar(&cfg.Initrd, "initrd", "", "initramfs")
+	fs.StringVar(&cfg.Cmdline, "cmdline", "console=ttyS0", "kernel command line")
+	fs.IntVar(&cfg.CPUs, "cpus", 1, "number of vCPUs")
+	fs.StringVar(&cfg.CPUProfile, "cpu-profile", "auto", "auto, host or pvm")
+	fs.Var(&nets, "net", "virtio-net NIC (repeatable)")
+	fs.Var(&disks, "disk", "virtio-blk disk (repeatable)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usage)
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "govmd: %v\n", err)
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "govmd: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "govmd: %v\n", err)
+		if errors.Is(err, vmm.ErrConfig) {
+			return exitUsage
+		}
+		return exitFailure
+	}
+	m, err := vmm.ParseSize(*memory)
+	if err != nil {
+		return fail(err)
+	}
+	if m == 0 {
+		return fail(fmt.Errorf("%w: --memory must be greater than 0", vmm.ErrConfig))
+	}
+	cfg.Memory = m
+	if cfg.CPUs <= 0 {
+		return fail(fmt.Errorf("%w: --cpus must be at least 1", vmm.ErrConfig))
+	}
+	for _, s := range nets {
+		n, err := vmm.ParseNet(s)
+		if err != nil {
+			return fail(err)
+		}
+		cfg.Nets = append(cfg.Nets, n)
+	}
+	for _, s := range disks {
+		d, err := vmm.ParseDisk(s)
+		if err != nil {
+			return fail(err)
+		}
+		cfg.Disks = append(cfg.Disks, d)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fail(fmt.Errorf("%w: --log-level %q is not debug, info, warn or error", vmm.ErrConfig, *logLevel))
+	}
+	cfg.Log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	con, err := openConsole(*console, stdin, stdout, stop)
+	if err != nil {
+		return fail(err)
+	}
+	defer con.Close()
+	cfg.Console, cfg.ConsoleIn = con.out, con.in
+
+	vm, err := vmm.New(cfg)
+	if err != nil {
+		return fail(err)
+	}
+	res, err := vm.Run(ctx)
+	con.Restore() // before printing anything else on the terminal
+	vm.LogStats()
+	if cerr := vm.Close(); cerr != nil && err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fail(err)
+	}
+	switch res {
+	case vmm.ExitPowerOff:
+		return exitOK
+	case vmm.ExitReboot:
+		fmt.Fprintln(stderr, "govmd: guest requested a reboot; not restarting")
+		return exitReboot
+	case vmm.ExitCanceled:
+		fmt.Fprintln(stderr, "govmd: interrupted")
+		return exitCanceled
+	}
+	return exitFailure
+}

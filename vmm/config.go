@@ -1,0 +1,303 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Config describes one VM. The zero values of optional fields are
+// meaningful defaults; Validate fills them in and checks everything a user
+// can get wrong before anything is created.
+type Config struct {
+	Kernel  string // path to a bzImage or an ELF vmlinux with a PVH note
+	Initrd  string // optional initramfs path
+	Cmdline string
+	Memory  uint64 // bytes; default 512 MiB
+	CPUs    int    // default 1
+
+	// Console receives the guest's serial output; ConsoleIn, if not nil,
+	// is the guest's serial input.
+	Console   io.Writer
+	ConsoleIn io.Reader
+
+	Nets  []NetConfig
+	Disks []DiskConfig
+
+	// CPUProfile selects the CPU the guest sees: "auto" (default: detect
+	// the host), "host" (everything KVM supports) or "pvm" (avoid what a
+	// software-nested PVM host cannot emulate).
+	CPUProfile string
+
+	Log *slog.Logger
+}
+
+// NetConfig is one virtio-net NIC backed by a tap.
+type NetConfig struct {
+	Tap       string
+	MAC       net.HardwareAddr // default: derived from the tap name and index
+	Transport string           // "transitional" (default), "modern" or "legacy"
+	Offload   string           // "on" (default), "off" or "csum"
+	Locked    bool             // drop spoofed source MACs, filter received frames
+}
+
+// DiskConfig is one virtio-blk disk backed by a raw image.
+type DiskConfig struct {
+	Path      string
+	ReadOnly  bool
+	Serial    string // default: derived from the file name
+	Transport string // "transitional" (default), "modern" or "legacy"
+}
+
+// Limits on what a user may ask for.
+const (
+	MinMemory  = 16 << 20
+	MaxMemory  = 1 << 40
+	MaxCPUs    = 64
+	maxDevices = 24 // PCI slots 1..24 for NICs and disks
+)
+
+// ErrConfig marks an error in the user's configuration (exit status 2).
+var ErrConfig = errors.New("invalid configuration")
+
+func configErr(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrConfig, fmt.Sprintf(format, args...))
+}
+
+// Validate checks the configuration and fills in defaults. It opens no
+// devices; it only checks that files exist and are readable.
+func (c *Config) Validate() error {
+	if c.Kernel == "" {
+		return configErr("--kernel is required")
+	}
+	if err := readable(c.Kernel, "kernel"); err != nil {
+		return err
+	}
+	if c.Initrd != "" {
+		if err := readable(c.Initrd, "initrd"); err != nil {
+			return err
+		}
+	}
+	if c.Memory == 0 {
+		c.Memory = 512 << 20
+	}
+	if c.Memory < MinMemory || c.Memory > MaxMemory {
+		return configErr("memory %s is out of range (%s to %s)", FormatSize(c.Memory), FormatSize(MinMemory), FormatSize(MaxMemory))
+	}
+	if c.Memory%(1<<20) != 0 {
+		return configErr("memory %d bytes is not a whole number of MiB", c.Memory)
+	}
+	if c.CPUs == 0 {
+		c.CPUs = 1
+	}
+	if c.CPUs < 1 || c.CPUs > MaxCPUs {
+		return configErr("cpus %d is out of range (1 to %d)", c.CPUs, MaxCPUs)
+	}
+	switch c.CPUProfile {
+	case "":
+		c.CPUProfile = "auto"
+	case "auto", "host", "pvm":
+	default:
+		return configErr("cpu profile %q is not one of auto, host, pvm", c.CPUProfile)
+	}
+	if len(c.Nets)+len(c.Disks) > maxDevices {
+		return configErr("too many devices (%d, at most %d)", len(c.Nets)+len(c.Disks), maxDevices)
+	}
+	taps := map[string]bool{}
+	for i := range c.Nets {
+		n := &c.Nets[i]
+		if taps[n.Tap] {
+			return configErr("tap %q used by two NICs", n.Tap)
+		}
+		taps[n.Tap] = true
+		if n.MAC == nil {
+			n.MAC = defaultMAC(i)
+		}
+	}
+	for _, d := range c.Disks {
+		if err := readable(d.Path, "disk"); err != nil {
+			return err
+		}
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.Console == nil {
+		c.Console = io.Discard
+	}
+	return nil
+}
+
+func readable(path, what string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return configErr("%s %s: %v", what, path, unwrapPathErr(err))
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return configErr("%s %s: %v", what, path, err)
+	}
+	if st.IsDir() {
+		return configErr("%s %s is a directory", what, path)
+	}
+	return nil
+}
+
+func unwrapPathErr(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// defaultMAC returns a locally administered unicast address for NIC i.
+func defaultMAC(i int) net.HardwareAddr {
+	return net.HardwareAddr{0x52, 0x54, 0x00, 0x12, 0x34, byte(0x56 + i)}
+}
+
+// ParseSize parses a memory size such as 512M, 2G, 1024K or a plain number
+// of bytes.
+func ParseSize(s string) (uint64, error) {
+	t := strings.TrimSpace(s)
+	mult := uint64(1)
+	if t != "" {
+		switch strings.ToUpper(t[len(t)-1:]) {
+		case "K":
+			mult, t = 1<<10, t[:len(t)-1]
+		case "M":
+			mult, t = 1<<20, t[:len(t)-1]
+		case "G":
+			mult, t = 1<<30, t[:len(t)-1]
+		case "T":
+			mult, t = 1<<40, t[:len(t)-1]
+		}
+	}
+	v, err := strconv.ParseUint(t, 10, 64)
+	if err != nil {
+		return 0, configErr("size %q is not a number with an optional K, M, G or T suffix", s)
+	}
+	if v > (1<<63)/mult {
+		return 0, configErr("size %q is too large", s)
+	}
+	return v * mult, nil
+}
+
+// FormatSize renders a byte count with a binary suffix.
+func FormatSize(n uint64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%dG", n>>30)
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%dM", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%dK", n>>10)
+	}
+	return fmt.Sprintf("%d", n)
+}
+
+// ParseNet parses a --net value:
+// tap=NAME[,mac=XX:..][,transport=transitional|modern|legacy][,offload=on|off|csum][,locked]
+func ParseNet(s string) (NetConfig, error) {
+	n := NetConfig{Transport: "transitional", Offload: "on"}
+	for _, kv := range splitOpts(s) {
+		k, v, hasV := strings.Cut(kv, "=")
+		switch k {
+		case "tap":
+			if v == "" || len(v) > 15 || strings.ContainsAny(v, "/ \t") {
+				return n, configErr("--net: tap name %q is not a valid interface name (1-15 characters)", v)
+			}
+			n.Tap = v
+		case "mac":
+			mac, err := net.ParseMAC(v)
+			if err != nil || len(mac) != 6 {
+				return n, configErr("--net: mac %q is not an Ethernet address", v)
+			}
+			if mac[0]&1 != 0 {
+				return n, configErr("--net: mac %s is a multicast address", mac)
+			}
+			n.MAC = mac
+		case "transport":
+			if v != "transitional" && v != "modern" && v != "legacy" {
+				return n, configErr("--net: transport %q is not one of transitional, modern, legacy", v)
+			}
+			n.Transport = v
+		case "offload":
+			if v != "on" && v != "off" && v != "csum" {
+				return n, configErr("--net: offload %q is not one of on, off, csum", v)
+			}
+			n.Offload = v
+		case "locked":
+			if hasV && v != "on" && v != "true" {
+				return n, configErr("--net: locked takes no value")
+			}
+			n.Locked = true
+		default:
+			return n, configErr("--net: unknown option %q (want tap=, mac=, transport=, offload=, locked)", k)
+		}
+	}
+	if n.Tap == "" {
+		return n, configErr("--net %q: tap=NAME is required", s)
+	}
+	return n, nil
+}
+
+// ParseDisk parses a --disk value: PATH[,ro][,serial=ID][,transport=...]
+func ParseDisk(s string) (DiskConfig, error) {
+	opts := splitOpts(s)
+	if len(opts) == 0 || opts[0] == "" || strings.Contains(opts[0], "=") && !strings.HasPrefix(opts[0], "path=") && !fileExists(opts[0]) {
+		return DiskConfig{}, configErr("--disk %q: the first field must be the image path", s)
+	}
+	d := DiskConfig{Path: strings.TrimPrefix(opts[0], "path="), Transport: "transitional"}
+	for _, kv := range opts[1:] {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "ro":
+			d.ReadOnly = true
+		case "serial":
+			if len(v) > 20 {
+				return d, configErr("--disk: serial %q is longer than 20 bytes", v)
+			}
+			d.Serial = v
+		case "transport":
+			if v != "transitional" && v != "modern" && v != "legacy" {
+				return d, configErr("--disk: transport %q is not one of transitional, modern, legacy", v)
+			}
+			d.Transport = v
+		default:
+			return d, configErr("--disk: unknown option %q (want ro, serial=, transport=)", k)
+		}
+	}
+	if d.Serial == "" {
+		d.Serial = DefaultSerial(d.Path)
+	}
+	return d, nil
+}
+
+// DefaultSerial derives a disk serial from the image's file name.
+func DefaultSerial(path string) string {
+	s := filepath.Base(path)
+	if len(s) > 20 {
+		s = s[:20]
+	}
+	return s
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+func splitOpts(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
+}

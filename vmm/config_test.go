@@ -1,0 +1,117 @@
+package vmm
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestParseSize(t *testing.T) {
+	tests := []struct {
+		in   string
+		want uint64
+		ok   bool
+	}{
+		{"512M", 512 << 20, true}, {"2G", 2 << 30, true}, {"1024k", 1 << 20, true}, {"4096", 4096, true},
+		{"1GiB", 0, false}, {"1Gi", 0, false}, {"", 0, false}, {"-1M", 0, false}, {"M", 0, false},
+		{"99999999999999999999G", 0, false}, {"9000000000T", 0, false},
+	}
+	for _, tc := range tests {
+		got, err := ParseSize(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d ok=%v", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestParseNet(t *testing.T) {
+	tests := []struct {
+		in   string
+		want NetConfig
+		ok   bool
+	}{
+		{"tap=tap0", NetConfig{Tap: "tap0", Transport: "transitional", Offload: "on"}, true},
+		{"tap=t1,transport=legacy,offload=csum,locked", NetConfig{Tap: "t1", Transport: "legacy", Offload: "csum", Locked: true}, true},
+		{"tap=t1,mac=02:00:00:00:00:01,transport=modern,offload=off", NetConfig{Tap: "t1", Transport: "modern", Offload: "off"}, true},
+		{"", NetConfig{}, false},
+		{"mac=02:00:00:00:00:01", NetConfig{}, false},
+		{"tap=", NetConfig{}, false},
+		{"tap=averyveryverylongname", NetConfig{}, false},
+		{"tap=t,mac=01:00:00:00:00:01", NetConfig{}, false},
+		{"tap=t,mac=zz", NetConfig{}, false},
+		{"tap=t,transport=pci", NetConfig{}, false},
+		{"tap=t,offload=tso", NetConfig{}, false},
+		{"tap=t,bogus=1", NetConfig{}, false},
+	}
+	for _, tc := range tests {
+		got, err := ParseNet(tc.in)
+		if (err == nil) != tc.ok {
+			t.Errorf("ParseNet(%q) err = %v, want ok=%v", tc.in, err, tc.ok)
+			continue
+		}
+		if err != nil {
+			if !errors.Is(err, ErrConfig) {
+				t.Errorf("ParseNet(%q) error not ErrConfig: %v", tc.in, err)
+			}
+			continue
+		}
+		got.MAC = nil
+		if got.Tap != tc.want.Tap || got.Transport != tc.want.Transport || got.Offload != tc.want.Offload || got.Locked != tc.want.Locked {
+			t.Errorf("ParseNet(%q) = %+v, want %+v", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestParseDisk(t *testing.T) {
+	d, err := ParseDisk("/tmp/x.img,ro,serial=abc")
+	if err != nil || !d.ReadOnly || d.Serial != "abc" || d.Path != "/tmp/x.img" {
+		t.Fatalf("ParseDisk = %+v, %v", d, err)
+	}
+	d, err = ParseDisk("/var/lib/images/disk-one.raw")
+	if err != nil || d.Serial != "disk-one.raw" {
+		t.Fatalf("default serial: %+v, %v", d, err)
+	}
+	for _, bad := range []string{"", "x.img,serial=123456789012345678901", "x.img,rw", "x.img,transport=scsi"} {
+		if _, err := ParseDisk(bad); err == nil {
+			t.Errorf("ParseDisk(%q) accepted", bad)
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "k")
+	if err := os.WriteFile(kernel, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		cfg  Config
+		ok   bool
+	}{
+		{"defaults", Config{Kernel: kernel}, true},
+		{"no kernel", Config{}, false},
+		{"missing kernel", Config{Kernel: filepath.Join(dir, "nope")}, false},
+		{"kernel is dir", Config{Kernel: dir}, false},
+		{"missing initrd", Config{Kernel: kernel, Initrd: filepath.Join(dir, "nope")}, false},
+		{"memory too small", Config{Kernel: kernel, Memory: 1 << 20}, false},
+		{"memory not MiB", Config{Kernel: kernel, Memory: 64<<20 + 1}, false},
+		{"cpus negative", Config{Kernel: kernel, CPUs: -1}, false},
+		{"cpus too many", Config{Kernel: kernel, CPUs: 65}, false},
+		{"bad profile", Config{Kernel: kernel, CPUProfile: "fast"}, false},
+		{"duplicate tap", Config{Kernel: kernel, Nets: []NetConfig{{Tap: "a"}, {Tap: "a"}}}, false},
+		{"missing disk", Config{Kernel: kernel, Disks: []DiskConfig{{Path: filepath.Join(dir, "nope")}}}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			if (err == nil) != tc.ok {
+				t.Fatalf("Validate = %v, want ok=%v", err, tc.ok)
+			}
+			if err != nil && !errors.Is(err, ErrConfig) {
+				t.Fatalf("error not ErrConfig: %v", err)
+			}
+		})
+	}
+}

@@ -1,0 +1,402 @@
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/govmd/govmd/boot"
+	"github.com/govmd/govmd/kvm"
+)
+
+// vcpuThread is one vCPU and the OS thread that runs it.
+type vcpuThread struct {
+	id  int
+	cpu *kvm.VCPU
+	tid atomic.Int64 // 0 until the thread runs
+}
+
+// exitStats counts vCPU exits by reason and the instructions govmd carried
+// out for the host's emulator.
+type exitStats struct {
+	mu       sync.Mutex
+	reasons  map[kvm.ExitReason]uint64
+	emulated map[string]uint64
+}
+
+func (s *exitStats) exit(r kvm.ExitReason) {
+	s.mu.Lock()
+	if s.reasons == nil {
+		s.reasons = map[kvm.ExitReason]uint64{}
+	}
+	s.reasons[r]++
+	s.mu.Unlock()
+}
+
+// emulatedInsn counts one emulated instruction and reports whether it was
+// the first of its kind.
+func (s *exitStats) emulatedInsn(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.emulated == nil {
+		s.emulated = map[string]uint64{}
+	}
+	s.emulated[name]++
+	return s.emulated[name] == 1
+}
+
+func (s *exitStats) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var parts []string
+	for r, n := range s.reasons {
+		parts = append(parts, fmt.Sprintf("%s=%d", strings.TrimPrefix(r.String(), "KVM_EXIT_"), n))
+	}
+	for name, n := range s.emulated {
+		parts = append(parts, fmt.Sprintf("emulated_%s=%d", name, n))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, " ")
+}
+
+// Run starts the vCPUs and device loops and waits until the guest powers
+// off or resets, a vCPU fails, or ctx is canceled. It may be called once.
+func (v *VM) Run(ctx context.Context) (Result, error) {
+	ran := false
+	v.runOnce.Do(func() { ran = true })
+	if !ran {
+		return ExitFailed, errors.New("vmm: Run called twice")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	v.serveINTx()
+	if v.cfg.ConsoleIn != nil {
+		go v.consoleInput(ctx, v.cfg.ConsoleIn)
+	}
+
+	var wg sync.WaitGroup
+	ready := make(chan error, v.cfg.CPUs)
+	start := make(chan struct{})
+	for id := 0; id < v.cfg.CPUs; id++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v.vcpuMain(id, ready, start)
+		}()
+	}
+	var setupErr error
+	for i := 0; i < v.cfg.CPUs; i++ {
+		if err := <-ready; err != nil && setupErr == nil {
+			setupErr = err
+		}
+	}
+	if setupErr != nil {
+		v.end(ExitFailed, setupErr)
+	}
+	close(start)
+
+	select {
+	case <-v.endCh:
+	case <-ctx.Done():
+		v.end(ExitCanceled, nil)
+	}
+	wg.Wait()
+	return v.endRes, v.endErr
+}
+
+// kickAll forces every running vCPU out of KVM_RUN.
+func (v *VM) kickAll() {
+	v.cpusMu.Lock()
+	defer v.cpusMu.Unlock()
+	for _, t := range v.cpus {
+		if tid := t.tid.Load(); tid != 0 {
+			_ = t.cpu.Kick(int(tid))
+		}
+	}
+}
+
+// vcpuMain creates, sets up and runs vCPU id on a locked OS thread. It
+// reports setup on ready, then waits for start.
+func (v *VM) vcpuMain(id int, ready chan<- error, start <-chan struct{}) {
+	runtime.LockOSThread()
+	// The thread is left locked: it carried signal-driven kicks and ends
+	// with the goroutine.
+	cpu, err := v.kvm.CreateVCPU(id)
+	if err != nil {
+		ready <- err
+		return
+	}
+	defer cpu.Close()
+	if err := v.setupVCPU(cpu, id); err != nil {
+		ready <- fmt.Errorf("vcpu %d: %w", id, err)
+		return
+	}
+	t := &vcpuThread{id: id, cpu: cpu}
+	t.tid.Store(int64(kvm.ThreadID()))
+	v.cpusMu.Lock()
+	v.cpus = append(v.cpus, t)
+	v.cpusMu.Unlock()
+	defer func() {
+		v.cpusMu.Lock()
+		for i, c := range v.cpus {
+			if c == t {
+				v.cpus = append(v.cpus[:i], v.cpus[i+1:]...)
+				break
+			}
+		}
+		v.cpusMu.Unlock()
+	}()
+	ready <- nil
+	<-start
+	if err := v.loop(t); err != nil {
+		v.end(ExitFailed, err)
+	}
+}
+
+// setupVCPU gives a new vCPU its CPUID and, for the boot vCPU, the kernel
+// entry state and the local APIC's LINT wiring.
+func (v *VM) setupVCPU(cpu *kvm.VCPU, id int) error {
+	if err := cpu.SetCPUID2(guestCPUID(v.cpuid, id, v.cfg.CPUs, v.pvm)); err != nil {
+		return err
+	}
+	if id != 0 {
+		return nil // application processors wait for INIT/SIPI in KVM
+	}
+	lapic, err := cpu.GetLAPIC()
+	if err != nil {
+		return err
+	}
+	lapic.SetBSPLINTs()
+	if err := cpu.SetLAPIC(lapic); err != nil {
+		return err
+	}
+	sregs, err := cpu.GetSregs()
+	if err != nil {
+		return err
+	}
+	applyEntrySregs(sregs, &v.entry)
+	if err := cpu.SetSregs(sregs); err != nil {
+		return err
+	}
+	e := &v.entry
+	return cpu.SetRegs(&kvm.Regs{RIP: e.RIP, RSP: e.RSP, RSI: e.RSI, RBX: e.RBX, RFLAGS: e.RFLAGS})
+}
+
+func kvmSegment(s boot.Segment) kvm.Segment {
+	b := func(x bool) uint8 {
+		if x {
+			return 1
+		}
+		return 0
+	}
+	return kvm.Segment{
+		Base: s.Base, Limit: s.Limit, Selector: s.Selector, Type: s.Type,
+		Present: b(s.Present), DPL: s.DPL, DB: b(s.DB), S: b(s.S), L: b(s.L), G: b(s.G),
+		AVL: b(s.AVL), Unusable: b(s.Unusable),
+	}
+}
+
+// applyEntrySregs sets the segment, descriptor-table and control registers
+// of the boot loader's entry state; TR, LDT and the APIC base keep KVM's
+// reset values.
+func applyEntrySregs(s *kvm.Sregs, e *boot.CPUState) {
+	s.CS, s.DS, s.ES = kvmSegment(e.CS), kvmSegment(e.DS), kvmSegment(e.ES)
+	s.FS, s.GS, s.SS = kvmSegment(e.FS), kvmSegment(e.GS), kvmSegment(e.SS)
+	s.GDT = kvm.DTable{Base: e.GDTBase, Limit: e.GDTLimit}
+	s.IDT = kvm.DTable{}
+	s.CR0, s.CR3, s.CR4, s.EFER = e.CR0, e.CR3, e.CR4, e.EFER
+}
+
+// loop runs the vCPU until the VM stops or the vCPU fails.
+func (v *VM) loop(t *vcpuThread) error {
+	cpu := t.cpu
+	for {
+		if v.stopping.Load() {
+			return nil
+		}
+		exit, err := cpu.Run()
+		if err != nil {
+			return err
+		}
+		v.stats.exit(exit.Reason)
+		switch exit.Reason {
+		case kvm.ExitIntr:
+			if err := cpu.SetImmediateExit(false); err != nil {
+				return err
+			}
+		case kvm.ExitIO:
+			io, err := exit.IO()
+			if err != nil {
+				return fmt.Errorf("vcpu %d: %w", t.id, err)
+			}
+			size := int(io.Size)
+			for i := 0; i < int(io.Count); i++ {
+				chunk := io.Data[i*size : (i+1)*size]
+				if io.Direction == kvm.IOOut {
+					v.pio.Write(uint64(io.Port), chunk)
+				} else {
+					v.pio.Read(uint64(io.Port), chunk)
+				}
+			}
+		case kvm.ExitMMIO:
+			m, err := exit.MMIO()
+			if err != nil {
+				return fmt.Errorf("vcpu %d: %w", t.id, err)
+			}
+			if m.IsWrite {
+				v.mmio.Write(m.Addr, m.Data)
+			} else {
+				v.mmio.Read(m.Addr, m.Data)
+			}
+		case kvm.ExitSystemEvent:
+			se := exit.SystemEvent()
+			switch se.Type {
+			case kvm.SystemEventShutdown:
+				v.end(ExitPowerOff, nil)
+			case kvm.SystemEventReset:
+				v.end(ExitReboot, nil)
+			default:
+				return v.vcpuError(t, exit, fmt.Sprintf("guest reported a %s system event", se.Type))
+			}
+		case kvm.ExitInternalError:
+			if ok, err := v.handleEmulationFailure(t, exit); ok || err != nil {
+				if err != nil {
+					return err
+				}
+				continue
+			}
+			return v.vcpuError(t, exit, internalErrorHint(exit, v.pvm))
+		case kvm.ExitShutdown:
+			return v.vcpuError(t, exit, "triple fault: the guest took an exception it could not handle")
+		case kvm.ExitHLT:
+			return v.vcpuError(t, exit, "the vCPU halted and KVM returned to the VMM")
+		case kvm.ExitFailEntry:
+			return v.vcpuError(t, exit, "KVM could not enter the guest (invalid vCPU state)")
+		case kvm.ExitIRQWindowOpen, kvm.ExitTPRAccess, kvm.ExitIOAPICEOI:
+			// Nothing to do with the in-kernel irqchip.
+		default:
+			return v.vcpuError(t, exit, "unexpected exit")
+		}
+	}
+}
+
+// handleEmulationFailure carries out an instruction KVM's emulator could
+// not, and reports whether the vCPU can continue.
+func (v *VM) handleEmulationFailure(t *vcpuThread, exit kvm.Exit) (bool, error) {
+	ie := exit.InternalError()
+	if ie.Suberror != kvm.InternalErrorEmulation || len(ie.InsnBytes) == 0 {
+		return false, nil
+	}
+	regs, err := t.cpu.GetRegs()
+	if err != nil {
+		return false, err
+	}
+	sregs, err := t.cpu.GetSregs()
+	if err != nil {
+		return false, err
+	}
+	em, err := emulateFailed(ie.InsnBytes, regs, int(sregs.SS.DPL), sregs.CS.L == 1)
+	if err != nil {
+		return false, nil
+	}
+	if err := t.cpu.SetRegs(regs); err != nil {
+		return false, err
+	}
+	if em.injectBP {
+		if err := t.cpu.InjectException(3, nil); err != nil {
+			return false, err
+		}
+	}
+	if v.stats.emulatedInsn(em.name) {
+		v.log.Info("emulated an instruction the host's KVM emulator lacks", "vcpu", t.id, "insn", em.name,
+			"rip", fmt.Sprintf("%#x", regs.RIP))
+	}
+	return true, nil
+}
+
+// vcpuError builds the error that ends the VM: the exit, the vCPU's
+// registers and what to do.
+func (v *VM) vcpuError(t *vcpuThread, exit kvm.Exit, what string) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "vcpu %d: %s: %s", t.id, what, exit.String())
+	if regs, err := t.cpu.GetRegs(); err == nil {
+		fmt.Fprintf(&b, " rip=%#x rsp=%#x rflags=%#x", regs.RIP, regs.RSP, regs.RFLAGS)
+	}
+	if s, err := t.cpu.GetSregs(); err == nil {
+		mode := "protected"
+		switch {
+		case s.CR0&1 == 0:
+			mode = "real"
+		case s.CS.L == 1:
+			mode = "long"
+		}
+		fmt.Fprintf(&b, " cpl=%d mode=%s cr0=%#x cr3=%#x cr4=%#x efer=%#x", s.SS.DPL, mode, s.CR0, s.CR3, s.CR4, s.EFER)
+	}
+	return errors.New(b.String())
+}
+
+// internalErrorHint names the instruction KVM failed on and says what to
+// do about it.
+func internalErrorHint(exit kvm.Exit, pvm bool) string {
+	ie := exit.InternalError()
+	if ie.Suberror != kvm.InternalErrorEmulation {
+		return "KVM internal error"
+	}
+	name := describeInsn(ie.InsnBytes)
+	msg := "KVM's instruction emulator failed"
+	if name != "" {
+		msg += " on " + name
+	}
+	if pvm {
+		msg += " (this host is PVM: KVM emulates every instruction of a guest that is not PVM-enlightened;" +
+			" boot the guest with noxsave clearcpuid=smap,popcnt nofsgsbase and see docs/pvm.md)"
+	} else {
+		msg += " (if /dev/kvm is software-nested PVM, try --cpu-profile pvm)"
+	}
+	return msg
+}
+
+// describeInsn recognises instructions known to be missing from KVM's
+// emulator.
+func describeInsn(b []byte) string {
+	skip := 0
+	for skip < len(b) && (b[skip] == 0x66 || b[skip] == 0xf2 || b[skip] == 0xf3 || b[skip] == 0xf0 || b[skip]&0xf0 == 0x40) {
+		skip++
+	}
+	op := b[skip:]
+	switch {
+	case hasPrefix(op, 0x0f, 0x01, 0xca):
+		return "clac (SMAP)"
+	case hasPrefix(op, 0x0f, 0x01, 0xcb):
+		return "stac (SMAP)"
+	case hasPrefix(op, 0x0f, 0xc7) && len(op) > 2 && op[2]>>3&7 == 1:
+		return "cmpxchg8b/16b"
+	case hasPrefix(op, 0x0f, 0xae) && len(op) > 2 && op[2]>>6 != 3:
+		switch op[2] >> 3 & 7 {
+		case 4:
+			return "xsave"
+		case 5:
+			return "xrstor"
+		case 6:
+			return "xsaveopt"
+		}
+	case hasPrefix(op, 0x0f, 0xae) && len(op) > 2 && op[2]>>6 == 3 && op[2]>>3&7 <= 3:
+		return "rd/wrfsbase/gsbase (FSGSBASE)"
+	case hasPrefix(op, 0x0f, 0xb8):
+		return "popcnt"
+	case hasPrefix(op, 0x0f, 0x01, 0xd0):
+		return "xgetbv"
+	case len(op) > 0 && op[0] == 0x9b:
+		return "fwait"
+	case len(op) > 0 && op[0] == 0xcc:
+		return "int3"
+	case hasPrefix(op, 0x0f, 0x01, 0xc1), hasPrefix(op, 0x0f, 0x01, 0xd9):
+		return "vmcall/vmmcall (hypercall)"
+	}
+	return ""
+}

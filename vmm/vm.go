@@ -1,0 +1,334 @@
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"github.com/govmd/govmd/acpi"
+	"github.com/govmd/govmd/boot"
+	"github.com/govmd/govmd/bus"
+	"github.com/govmd/govmd/devices/reset"
+	"github.com/govmd/govmd/devices/rtc"
+	"github.com/govmd/govmd/devices/serial"
+	"github.com/govmd/govmd/kvm"
+	"github.com/govmd/govmd/memory"
+	"github.com/govmd/govmd/pci"
+)
+
+// Result is how a VM run ended.
+type Result int
+
+// Run results.
+const (
+	ExitFailed   Result = iota // a vCPU or device failed; Run returns the error
+	ExitPowerOff               // the guest powered off (ACPI S5 or a shutdown event)
+	ExitReboot                 // the guest asked for a reset
+	ExitCanceled               // the context was canceled
+)
+
+func (r Result) String() string {
+	switch r {
+	case ExitPowerOff:
+		return "power off"
+	case ExitReboot:
+		return "reboot"
+	case ExitCanceled:
+		return "canceled"
+	}
+	return "failed"
+}
+
+// VM is one virtual machine. New builds it (nothing runs yet), Run runs it
+// once, Close releases everything New created, in every case.
+type VM struct {
+	cfg Config
+	log *slog.Logger
+	pvm bool
+
+	sys    *kvm.System
+	kvm    *kvm.VM
+	mem    *memory.Memory
+	pio    *bus.Bus
+	mmio   *bus.Bus
+	root   *pci.Root
+	uart   *serial.UART
+	pm     *acpi.PM
+	router *router
+	cpuid  []kvm.CPUIDEntry
+	entry  boot.CPUState
+	format boot.Format
+
+	nics  []*nic
+	disks []*disk
+
+	closers []func() error // run in reverse order by Close
+
+	// Run state.
+	runOnce  sync.Once
+	stopping atomic.Bool
+	endOnce  sync.Once
+	endRes   Result
+	endErr   error
+	endCh    chan struct{}
+	cpusMu   sync.Mutex
+	cpus     []*vcpuThread
+	stats    exitStats
+	closedMu sync.Mutex
+	closed   bool
+}
+
+// New checks cfg, loads the kernel and builds the VM: guest memory, the
+// KVM VM with its irqchip, the platform devices, the PCI devices and the
+// ACPI tables. Errors in what the user gave (flags, images, disks) wrap
+// ErrConfig and are detected before any KVM object, tap or device is
+// created; on any error everything created so far is released.
+func New(cfg Config) (_ *VM, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	v := &VM{cfg: cfg, log: cfg.Log, endCh: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			v.Close()
+		}
+	}()
+	pvm, why := resolveProfile(cfg.CPUProfile, kvm.DetectHostProfile)
+	v.pvm = pvm
+	v.log.Debug("cpu profile", "pvm", pvm, "why", why)
+
+	// 1. Everything that can be wrong with the user's files, before KVM.
+	kernel, err := os.ReadFile(cfg.Kernel)
+	if err != nil {
+		return nil, configErr("kernel %s: %v", cfg.Kernel, unwrapPathErr(err))
+	}
+	if _, err := boot.Detect(kernel); err != nil {
+		return nil, configErr("kernel %s: %v", cfg.Kernel, err)
+	}
+	var initrd []byte
+	if cfg.Initrd != "" {
+		if initrd, err = os.ReadFile(cfg.Initrd); err != nil {
+			return nil, configErr("initrd %s: %v", cfg.Initrd, unwrapPathErr(err))
+		}
+	}
+	ram := ramRanges(cfg.Memory)
+	if v.mem, err = memory.New(ram); err != nil {
+		return nil, fmt.Errorf("guest memory: %w", err)
+	}
+	v.closers = append(v.closers, v.mem.Close)
+	tables, rsdp, err := acpi.Build(v.acpiConfig(), acpiBase)
+	if err != nil {
+		return nil, fmt.Errorf("ACPI tables: %w", err)
+	}
+	if len(tables) > acpiMaxSize {
+		return nil, fmt.Errorf("ACPI tables: %d bytes do not fit below 1 MiB", len(tables))
+	}
+	if err := v.mem.WriteAt(tables, acpiBase); err != nil {
+		return nil, fmt.Errorf("ACPI tables: %w", err)
+	}
+	loaded, err := boot.Load(v.mem, boot.Config{
+		Kernel: kernel, Initrd: initrd, Cmdline: cfg.Cmdline, RAM: ram, RSDP: rsdp,
+	})
+	if err != nil {
+		return nil, configErr("%v", err)
+	}
+	v.entry, v.format = loaded.Entry, loaded.Format
+	v.log.Debug("kernel loaded", "format", loaded.Format,
+		"kernel", fmt.Sprintf("%#x+%#x", loaded.KernelRange.GPA, loaded.KernelRange.Size),
+		"initrd", fmt.Sprintf("%#x+%#x", loaded.InitrdRange.GPA, loaded.InitrdRange.Size))
+	disks, err := openDisks(cfg)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range disks {
+		v.closers = append(v.closers, d.dev.Close)
+	}
+
+	// 2. KVM.
+	if v.sys, err = kvm.Open(""); err != nil {
+		return nil, fmt.Errorf("%w (govmd needs KVM: a readable and writable /dev/kvm)", err)
+	}
+	v.closers = append(v.closers, v.sys.Close)
+	if v.kvm, err = v.sys.CreateVM(); err != nil {
+		return nil, err
+	}
+	v.closers = append(v.closers, v.kvm.Close)
+	if err := v.setupVM(ram); err != nil {
+		return nil, err
+	}
+	supported, err := v.sys.SupportedCPUID()
+	if err != nil {
+		return nil, err
+	}
+	v.cpuid = supported
+
+	// 3. Devices.
+	v.pio = bus.New("pio", v.log)
+	v.mmio = bus.New("mmio", v.log)
+	if err := v.addPlatform(); err != nil {
+		return nil, err
+	}
+	if err := v.addPCIDevices(disks); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// acpiConfig describes the platform for the ACPI tables.
+func (v *VM) acpiConfig() acpi.Config {
+	routes := pci.Routes()
+	prt := make([]acpi.PRTEntry, 0, len(routes))
+	for _, r := range routes {
+		// Slots that can hold devices only: the table stays small.
+		if r.Slot > maxDevices {
+			continue
+		}
+		prt = append(prt, acpi.PRTEntry{Slot: uint8(r.Slot), Pin: r.Pin - 1, GSI: r.GSI})
+	}
+	w := pciWindows()
+	return acpi.Config{
+		CPUs:    v.cfg.CPUs,
+		PM1aEvt: portPM1aEvt,
+		PM1aCnt: portPM1aCnt,
+		SCI:     irqSCI,
+		Serial:  true,
+		PCI: &acpi.PCIConfig{
+			Mem32: acpi.Window{Base: w.Mem32.Base, Size: w.Mem32.Size},
+			PRT:   prt,
+		},
+		MaxSize: acpiMaxSize,
+	}
+}
+
+// setupVM gives the VM its memory, irqchip and PIT.
+func (v *VM) setupVM(ram []memory.Range) error {
+	for _, c := range []kvm.Cap{kvm.CapIRQChip, kvm.CapUserMemory, kvm.CapIRQFD, kvm.CapIOEventFD, kvm.CapSetTSSAddr} {
+		if n, err := v.sys.CheckExtension(c); err != nil || n <= 0 {
+			return fmt.Errorf("KVM lacks %s (needed by govmd)", c)
+		}
+	}
+	if err := v.kvm.SetTSSAddr(tssAddr); err != nil {
+		return err
+	}
+	if err := v.kvm.SetIdentityMapAddr(identityMapAddr); err != nil {
+		// Only VMX uses it; SVM and PVM refuse or ignore it.
+		v.log.Debug("identity map address not set", "err", err)
+	}
+	if err := v.kvm.CreateIRQChip(); err != nil {
+		return err
+	}
+	if err := v.kvm.CreatePIT2(); err != nil {
+		return err
+	}
+	for i, r := range v.mem.Regions() {
+		if err := v.kvm.SetUserMemoryRegion(uint32(i), 0, r.GPA, r.Host); err != nil {
+			return err
+		}
+	}
+	v.router = newRouter(v.kvm)
+	return nil
+}
+
+// irqLine drives an ISA interrupt line of the in-kernel irqchip.
+func (v *VM) irqLine(gsi uint32) func(bool) {
+	return func(level bool) {
+		if err := v.kvm.SetIRQLine(gsi, level); err != nil {
+			v.log.Warn("irq line", "gsi", gsi, "err", err)
+		}
+	}
+}
+
+// addPlatform registers the UART, CMOS, reset, ACPI PM and PCI host
+// bridge.
+func (v *VM) addPlatform() error {
+	v.uart = serial.New(v.cfg.Console, v.irqLine(irqCOM1))
+	v.pm = &acpi.PM{
+		OnSleep: func(typ int) {
+			if typ == acpi.SleepTypeS5 {
+				v.end(ExitPowerOff, nil)
+				return
+			}
+			v.log.Info("guest entered an unsupported sleep state; ignoring", "slp_typ", typ)
+		},
+		SCI: v.irqLine(irqSCI),
+	}
+	onReset := func() { v.end(ExitReboot, nil) }
+	regs := []struct {
+		port, size uint64
+		h          bus.Handler
+	}{
+		{portCOM1, 8, v.uart},
+		{portCMOS, 2, rtc.New()},
+		{portI8042Data, 5, &reset.I8042{OnReset: onReset}},
+		{portPM1aEvt, 4, v.pm.EventBlock()},
+		{portPM1aCnt, 2, v.pm.ControlBlock()},
+		{portPOST, 1, reset.Sink{}},
+	}
+	for _, r := range regs {
+		if err := v.pio.Register(r.port, r.size, r.h); err != nil {
+			return fmt.Errorf("port %#x: %w", r.port, err)
+		}
+	}
+	rc := pciWindows()
+	rc.Reset = &reset.CF9{OnReset: onReset}
+	root, err := pci.NewRoot(v.pio, v.mmio, v.log, rc)
+	if err != nil {
+		return err
+	}
+	v.root = root
+	return nil
+}
+
+// end records how the run ended (the first call wins) and stops the vCPUs.
+func (v *VM) end(res Result, err error) {
+	v.endOnce.Do(func() {
+		v.endRes, v.endErr = res, err
+		v.stopping.Store(true)
+		close(v.endCh)
+	})
+	v.kickAll()
+}
+
+// Close releases everything. It may be called more than once and after a
+// failed New.
+func (v *VM) Close() error {
+	v.closedMu.Lock()
+	defer v.closedMu.Unlock()
+	if v.closed {
+		return nil
+	}
+	v.closed = true
+	var errs []error
+	for _, n := range v.nics {
+		n.tr.RemoveDoorbells()
+	}
+	for _, d := range v.disks {
+		d.tr.RemoveDoorbells()
+	}
+	for i := len(v.closers) - 1; i >= 0; i-- {
+		if err := v.closers[i](); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	v.closers = nil
+	return errors.Join(errs...)
+}
+
+// consoleInput feeds the guest's serial input until r ends.
+func (v *VM) consoleInput(ctx context.Context, r io.Reader) {
+	buf := make([]byte, 64)
+	for ctx.Err() == nil {
+		n, err := r.Read(buf)
+		if n > 0 {
+			v.uart.Input(buf[:n])
+		}
+		if err != nil {
+			return
+		}
+	}
+}

@@ -1,0 +1,172 @@
+package vmm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/govmd/govmd/internal/testkernel"
+	"github.com/govmd/govmd/kvm"
+)
+
+func writeFile(t *testing.T, name string, b []byte) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestNewRejectsBadInput checks that bad user input is one clear
+// configuration error, found before KVM is touched (this test passes on a
+// machine without /dev/kvm only because of that).
+func TestNewRejectsBadInput(t *testing.T) {
+	good := testkernel.BzImage(testkernel.PowerOff(portPM1aCnt))
+	kernel := writeFile(t, "bzImage", good)
+	tests := []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"not a kernel", Config{Kernel: writeFile(t, "notes.txt", []byte("hello, this is text\n"))}, "neither a bzimage"},
+		{"truncated bzImage", Config{Kernel: writeFile(t, "short", good[:0x400])}, "truncated"},
+		{"ELF without PVH note", Config{Kernel: writeFile(t, "elf", append([]byte("\x7fELF\x02\x01\x01"), make([]byte, 120)...))}, "kernel"},
+		{"missing kernel", Config{Kernel: "/nonexistent/bzImage"}, "no such file"},
+		{"kernel is a directory", Config{Kernel: t.TempDir()}, "directory"},
+		{"initrd larger than memory", Config{Kernel: kernel, Initrd: writeFile(t, "big", make([]byte, 40<<20)), Memory: 32 << 20}, "initrd"},
+		{"memory too small", Config{Kernel: kernel, Memory: 1 << 20}, "memory"},
+		{"too many cpus", Config{Kernel: kernel, CPUs: 1000}, "cpus"},
+		{"bad profile", Config{Kernel: kernel, CPUProfile: "fast"}, "profile"},
+		{"missing disk", Config{Kernel: kernel, Disks: []DiskConfig{{Path: "/nonexistent.img"}}}, "disk"},
+		{"disk not a multiple of 512", Config{Kernel: kernel, Disks: []DiskConfig{{Path: writeFile(t, "odd.img", make([]byte, 1000)), Transport: "transitional"}}}, "512"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			vm, err := New(tc.cfg)
+			if err == nil {
+				vm.Close()
+				t.Fatal("New accepted it")
+			}
+			if !errors.Is(err, ErrConfig) {
+				t.Fatalf("error %q does not wrap ErrConfig", err)
+			}
+			msg := err.Error()
+			if strings.Contains(msg, "\n") {
+				t.Errorf("error is not one line: %q", msg)
+			}
+			if !strings.Contains(strings.ToLower(msg), tc.want) {
+				t.Errorf("error %q does not mention %q", msg, tc.want)
+			}
+		})
+	}
+}
+
+func TestRAMRanges(t *testing.T) {
+	if r := ramRanges(512 << 20); len(r) != 1 || r[0].Size != 512<<20 {
+		t.Errorf("512M: %+v", r)
+	}
+	r := ramRanges(4 << 30)
+	if len(r) != 2 || r[0].Size != pciHoleStart || r[1].GPA != fourGiB || r[1].Size != 4<<30-pciHoleStart {
+		t.Errorf("4G: %+v", r)
+	}
+}
+
+// kvmAvailable skips the test unless /dev/kvm can be used.
+func kvmAvailable(t *testing.T) {
+	t.Helper()
+	sys, err := kvm.Open("")
+	if err != nil {
+		t.Skipf("KVM unavailable: %v", err)
+	}
+	sys.Close()
+}
+
+// syncBuffer is a Console that tests can read while the guest writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestRunTinyGuests boots synthetic kernels on KVM and checks how each
+// run ends.
+func TestRunTinyGuests(t *testing.T) {
+	kvmAvailable(t)
+	tests := []struct {
+		name    string
+		code    []byte
+		cpus    int
+		want    Result
+		errWant string
+		console string
+	}{
+		{"poweroff", append(testkernel.Print("hello\n"), testkernel.PowerOff(portPM1aCnt)...), 1, ExitPowerOff, "", "hello\n"},
+		{"poweroff smp", append(testkernel.Print("smp\n"), testkernel.PowerOff(portPM1aCnt)...), 2, ExitPowerOff, "", "smp\n"},
+		{"reset", testkernel.Reset(), 1, ExitReboot, "", ""},
+		{"triple fault", testkernel.TripleFault(), 1, ExitFailed, "triple fault", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			con := &syncBuffer{}
+			vm, err := New(Config{
+				Kernel:  writeFile(t, "bzImage", testkernel.BzImage(tc.code)),
+				Memory:  64 << 20,
+				CPUs:    tc.cpus,
+				Console: con,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer vm.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			res, err := vm.Run(ctx)
+			if res != tc.want {
+				t.Fatalf("result %v (err %v), want %v", res, err, tc.want)
+			}
+			if tc.errWant != "" && (err == nil || !strings.Contains(err.Error(), tc.errWant)) {
+				t.Fatalf("error %v, want %q", err, tc.errWant)
+			}
+			if tc.errWant == "" && err != nil {
+				t.Fatal(err)
+			}
+			if got := con.String(); got != tc.console {
+				t.Errorf("console %q, want %q", got, tc.console)
+			}
+		})
+	}
+}
+
+func TestRunCanceled(t *testing.T) {
+	kvmAvailable(t)
+	spin := []byte{0xeb, 0xfe} // jmp .
+	vm, err := New(Config{Kernel: writeFile(t, "bzImage", testkernel.BzImage(spin)), Memory: 64 << 20, CPUs: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	res, err := vm.Run(ctx)
+	if res != ExitCanceled || err != nil {
+		t.Fatalf("Run = %v, %v; want canceled", res, err)
+	}
+}
