@@ -1,0 +1,47 @@
+# govmd top-level Makefile. Keep targets thin: each calls a script or go.
+#
+#   make setup    install build/test dependencies (Debian), build govmd and the test images
+#   make test     the CI suite: gofmt, vet, unit/harness/KVM tests with -race, fuzz seeds, e2e subset
+#   make e2e      the full real-guest matrix (slow under software-nested KVM)
+#   make bench    benchmarks; writes docs/bench.md
+#   make fuzz     run every fuzz target for FUZZTIME each
+
+GO ?= go
+FUZZTIME ?= 30s
+
+.PHONY: setup deps build images test lint unit e2e bench fuzz clean
+
+setup: deps build images
+
+deps:
+	scripts/deps.sh
+
+build:
+	$(GO) build -o bin/govmd ./cmd/govmd
+
+# Test guests (kernel, initramfs, Debian kernel) into images/out/; cached
+# in ~/.cache/govmd (GOVMD_CACHE). See images/README.md.
+images:
+	images/build.sh
+
+test: lint unit
+
+lint:
+	scripts/lint.sh
+
+# Unit, harness (real taps in test namespaces), KVM and e2e-subset tests.
+# The fuzz targets' seed corpora run as ordinary tests.
+unit:
+	$(GO) test -race -count=1 -timeout 60m ./...
+
+e2e:
+	GOVMD_E2E=full $(GO) test -count=1 -timeout 120m -v ./e2e/
+
+bench:
+	scripts/bench.sh
+
+fuzz:
+	scripts/fuzz.sh $(FUZZTIME)
+
+clean:
+	rm -rf bin

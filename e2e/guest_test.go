@@ -1,0 +1,266 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	govmdBin  string
+	buildErr  error
+)
+
+// repoRoot returns the repository root (the parent of this package).
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(filepath.Dir(file))
+}
+
+// govmd builds the binary once per test process.
+func govmd(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "govmd-e2e-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		govmdBin = filepath.Join(dir, "govmd")
+		cmd := exec.Command("go", "build", "-o", govmdBin, "./cmd/govmd")
+		cmd.Dir = repoRoot()
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return govmdBin
+}
+
+// image returns the path of a built test image, skipping the test if the
+// images have not been built.
+func image(t *testing.T, rel string) string {
+	t.Helper()
+	p := filepath.Join(repoRoot(), "images", "out", rel)
+	if _, err := os.Stat(p); err != nil {
+		if os.Getenv("GOVMD_E2E_REQUIRE") != "" {
+			t.Fatalf("test image %s missing (run make images): %v", p, err)
+		}
+		t.Skipf("test image %s missing (run make images)", p)
+	}
+	return p
+}
+
+func requireKVM(t *testing.T) {
+	t.Helper()
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		if os.Getenv("GOVMD_E2E_REQUIRE") != "" {
+			t.Fatalf("/dev/kvm: %v", err)
+		}
+		t.Skipf("/dev/kvm not usable: %v", err)
+	}
+	f.Close()
+}
+
+func full() bool { return os.Getenv("GOVMD_E2E") == "full" }
+
+// Guest is one running govmd process.
+type Guest struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	mu     sync.Mutex
+	lines  []string
+	cond   *sync.Cond
+	done   bool
+	err    error
+	log    *os.File
+	stderr strings.Builder
+	start  time.Time
+}
+
+// Start runs govmd with args; the console goes to a pipe that the test
+// reads. The process is killed when the test ends.
+func Start(t *testing.T, args ...string) *Guest {
+	t.Helper()
+	requireKVM(t)
+	bin := govmd(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Stdin = nil
+	g := &Guest{t: t, cmd: cmd, start: time.Now()}
+	g.cond = sync.NewCond(&g.mu)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = &lockedWriter{w: &g.stderr, mu: &g.mu}
+	logPath := filepath.Join(t.TempDir(), "console.log")
+	g.log, _ = os.Create(logPath)
+	t.Logf("govmd %s", strings.Join(args, " "))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go g.read(stdout)
+	t.Cleanup(func() {
+		cancel()
+		g.Wait(10 * time.Second)
+		if t.Failed() {
+			g.mu.Lock()
+			tail := g.lines
+			if len(tail) > 60 {
+				tail = tail[len(tail)-60:]
+			}
+			t.Logf("console (last %d lines):\n%s\nstderr:\n%s", len(tail), strings.Join(tail, "\n"), g.stderr.String())
+			g.mu.Unlock()
+		}
+		g.log.Close()
+	})
+	return g
+}
+
+type lockedWriter struct {
+	w  io.Writer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func (g *Guest) read(r io.Reader) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimRight(sc.Text(), "\r")
+		fmt.Fprintf(g.log, "%7.1fs %s\n", time.Since(g.start).Seconds(), line)
+		g.mu.Lock()
+		g.lines = append(g.lines, line)
+		g.cond.Broadcast()
+		g.mu.Unlock()
+	}
+	err := g.cmd.Wait()
+	g.mu.Lock()
+	g.done, g.err = true, err
+	g.cond.Broadcast()
+	g.mu.Unlock()
+}
+
+// Expect waits until a console line matches re and returns its submatches.
+func (g *Guest) Expect(re string, timeout time.Duration) []string {
+	g.t.Helper()
+	m, ok := g.expect(regexp.MustCompile(re), timeout)
+	if !ok {
+		g.t.Fatalf("no console line matching %q within %v", re, timeout)
+	}
+	return m
+}
+
+func (g *Guest) expect(rx *regexp.Regexp, timeout time.Duration) ([]string, bool) {
+	deadline := time.Now().Add(timeout)
+	timer := time.AfterFunc(timeout, func() {
+		g.mu.Lock()
+		g.cond.Broadcast()
+		g.mu.Unlock()
+	})
+	defer timer.Stop()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	next := 0
+	for {
+		for ; next < len(g.lines); next++ {
+			if m := rx.FindStringSubmatch(g.lines[next]); m != nil {
+				return m, true
+			}
+		}
+		if g.done || time.Now().After(deadline) {
+			return nil, false
+		}
+		g.cond.Wait()
+	}
+}
+
+// Results returns every GOVMD-RESULT key=value pair printed so far.
+func (g *Guest) Results() map[string]string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	res := map[string]string{}
+	for _, l := range g.lines {
+		i := strings.Index(l, "GOVMD-RESULT ")
+		if i < 0 {
+			continue
+		}
+		for _, kv := range strings.Fields(l[i+len("GOVMD-RESULT "):]) {
+			if k, v, ok := strings.Cut(kv, "="); ok {
+				res[k] = v
+			}
+		}
+	}
+	return res
+}
+
+// Wait waits for govmd to exit and returns its exit status (-1 if it was
+// killed or did not exit in time; then it is killed).
+func (g *Guest) Wait(timeout time.Duration) int {
+	deadline := time.Now().Add(timeout)
+	timer := time.AfterFunc(timeout, func() {
+		g.mu.Lock()
+		g.cond.Broadcast()
+		g.mu.Unlock()
+	})
+	defer timer.Stop()
+	g.mu.Lock()
+	for !g.done && time.Now().Before(deadline) {
+		g.cond.Wait()
+	}
+	done, err := g.done, g.err
+	g.mu.Unlock()
+	if !done {
+		_ = g.cmd.Process.Kill()
+		return -1
+	}
+	if err == nil {
+		return 0
+	}
+	if ee, ok := err.(*exec.ExitError); ok {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return -1
+		}
+		return ee.ExitCode()
+	}
+	return -1
+}
+
+// Stderr returns what govmd wrote to stderr so far.
+func (g *Guest) Stderr() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.stderr.String()
+}
+
+// Kill sends SIGKILL to govmd.
+func (g *Guest) Kill() { _ = g.cmd.Process.Kill() }
+
+// Console returns all console lines so far.
+func (g *Guest) Console() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]string(nil), g.lines...)
+}
