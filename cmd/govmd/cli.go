@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/govmd/govmd/vmm"
@@ -149,17 +150,22 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	con, err := openConsole(*console, stdin, stdout, stop)
-	if err != nil {
-		return fail(err)
-	}
-	defer con.Close()
-	cfg.Console, cfg.ConsoleIn = con.out, con.in
-
+	// The console is opened only once the VM is built, so that bad input
+	// creates no console file; the guest writes nothing before Run.
+	out, in := &lateWriter{}, &lateReader{}
+	cfg.Console, cfg.ConsoleIn = out, in
 	vm, err := vmm.New(cfg)
 	if err != nil {
 		return fail(err)
 	}
+	con, err := openConsole(*console, stdin, stdout, stop)
+	if err != nil {
+		vm.Close()
+		return fail(err)
+	}
+	defer con.Close()
+	out.set(con.out)
+	in.set(con.in)
 	res, err := vm.Run(ctx)
 	con.Restore() // before printing anything else on the terminal
 	vm.LogStats()
@@ -180,4 +186,41 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return exitCanceled
 	}
 	return exitFailure
+}
+
+// lateWriter forwards to a writer set after construction; writes before
+// that are dropped.
+type lateWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lateWriter) set(w io.Writer) { l.mu.Lock(); l.w = w; l.mu.Unlock() }
+
+func (l *lateWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.w == nil {
+		return len(p), nil
+	}
+	return l.w.Write(p)
+}
+
+// lateReader reads from a reader set after construction; a nil reader is
+// at EOF.
+type lateReader struct {
+	mu sync.Mutex
+	r  io.Reader
+}
+
+func (l *lateReader) set(r io.Reader) { l.mu.Lock(); l.r = r; l.mu.Unlock() }
+
+func (l *lateReader) Read(p []byte) (int, error) {
+	l.mu.Lock()
+	r := l.r
+	l.mu.Unlock()
+	if r == nil {
+		return 0, io.EOF
+	}
+	return r.Read(p)
 }
