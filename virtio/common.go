@@ -278,10 +278,22 @@ func (c *Common) SetStatus(v uint8) {
 		return
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	failed := c.setStatusLocked(v)
+	c.mu.Unlock()
+	if failed {
+		// Not under c.mu: the transport's interrupt path reads the
+		// configuration vector (ConfigVector).
+		c.irq.ConfigInterrupt()
+	}
+}
+
+// setStatusLocked is SetStatus for a non-zero v with c.mu held. It reports
+// whether activation failed, in which case the caller sends the
+// configuration interrupt for DEVICE_NEEDS_RESET once c.mu is released.
+func (c *Common) setStatusLocked(v uint8) (activationFailed bool) {
 	old := c.status
 	if old&StatusFailed != 0 {
-		return // the driver gave up; only a reset revives the device
+		return false // the driver gave up; only a reset revives the device
 	}
 	if v&^old&^(StatusAcknowledge|StatusDriver|StatusFeaturesOK|StatusDriverOK|StatusFailed) != 0 || old&^v != 0 {
 		// Drivers only add bits; clearing one or setting NEEDS_RESET is
@@ -300,11 +312,11 @@ func (c *Common) SetStatus(v uint8) {
 			c.status = v
 			c.guestFault("activation failed: %v", err)
 			c.needsReset.Store(true)
-			c.irq.ConfigInterrupt()
-			return
+			return true
 		}
 	}
 	c.status = v
+	return false
 }
 
 func (c *Common) checkFeaturesLocked() error {

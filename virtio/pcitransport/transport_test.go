@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/govmd/govmd/internal/eventfd"
 	"github.com/govmd/govmd/memory"
@@ -637,5 +638,73 @@ func TestParseMode(t *testing.T) {
 	}
 	if _, err := ParseMode("pci"); err == nil {
 		t.Error("ParseMode accepted pci")
+	}
+}
+
+// TestActivationFailureWithMSIX: a DRIVER_OK the device refuses sets
+// DEVICE_NEEDS_RESET and sends the configuration interrupt through its
+// MSI-X vector. (virtio.Common used to send it with its lock held, and the
+// transport's MSI-X path takes that lock to read the vector: the vCPU
+// writing the status deadlocked.)
+func TestActivationFailureWithMSIX(t *testing.T) {
+	tests := []struct {
+		name string
+		mode Mode
+		// start configures vector 0 as the configuration vector and
+		// writes a status sequence the device refuses at DRIVER_OK.
+		start func(r *rig)
+	}{
+		{"legacy, features not offered", Legacy, func(r *rig) {
+			r.write(BARLegacy, legacyStatus, 1, 0)
+			r.write(BARLegacy, legacyConfigVector, 2, 0)
+			r.write(BARLegacy, legacyStatus, 1, virtio.StatusAcknowledge|virtio.StatusDriver)
+			r.write(BARLegacy, legacyGuestFeatures, 4, 1<<7) // not offered
+			r.write(BARLegacy, legacyStatus, 1, virtio.StatusAcknowledge|virtio.StatusDriver|virtio.StatusDriverOK)
+		}},
+		{"modern, no FEATURES_OK", Modern, func(r *rig) {
+			r.write(BARModern, ccDeviceStatus, 1, 0)
+			r.write(BARModern, ccConfigMSIXVector, 2, 0)
+			r.write(BARModern, ccDeviceStatus, 1, virtio.StatusAcknowledge|virtio.StatusDriver)
+			r.write(BARModern, ccDeviceStatus, 1, virtio.StatusAcknowledge|virtio.StatusDriver|virtio.StatusDriverOK)
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			// Not newRig: its cleanup would hang on a deadlocked Common.
+			r := &rig{t: t, dev: &fakeDevice{}, sink: &fakeSink{}, line: &fakeLine{}}
+			r.mem = memory.FromBytes(memory.Region{GPA: 0, Host: make([]byte, 1<<20)})
+			tr, err := New(Config{Mode: tc.mode, Device: r.dev, Mem: r.mem, MSIX: r.sink, INTx: r.line})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.tr = tr
+			_, msix := r.caps()
+			r.cfgWrite(msix+2, 2, 1<<15)
+			r.write(BARMSIX, 0, 4, 0xfee00000)
+			r.write(BARMSIX, 8, 4, 0x31)
+			r.write(BARMSIX, 12, 4, 0)
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				tc.start(r)
+			}()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the status write that failed activation did not return (deadlock)")
+			}
+			defer tr.Close()
+			if s := r.tr.Common().Status(); s&virtio.StatusNeedsReset == 0 {
+				t.Errorf("status %s, want DEVICE_NEEDS_RESET", virtio.StatusString(s))
+			}
+			r.sink.mu.Lock()
+			defer r.sink.mu.Unlock()
+			if len(r.sink.delivered) != 1 || r.sink.delivered[0] != (delivery{0, 0xfee00000, 0x31}) {
+				t.Errorf("delivered %+v, want the configuration vector once", r.sink.delivered)
+			}
+			if len(r.dev.activated) != 0 {
+				t.Error("device activated")
+			}
+		})
 	}
 }
