@@ -62,195 +62,228 @@ func specValid(f uint64) bool {
 // TestTapOffloadsFollowDriver checks with ethtool that tap A's offloads are
 // exactly what each driver accepted, for real drivers' feature sets and for
 // every subset of the receive offload bits (invalid subsets must be
-// refused at FEATURES_OK), and that a reset clears them.
+// refused, at FEATURES_OK or for a legacy driver at DRIVER_OK), and that a
+// reset clears them, over every transport.
 func TestTapOffloadsFollowDriver(t *testing.T) {
-	env := harness.NewNetEnv(t, testMAC)
-	dev, err := vnet.New(env.TapA, vnet.Config{MAC: testMAC, Log: testLog(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
-	if dev.Features()&(vnet.FGuestUSO4|vnet.FGuestUFO) != vnet.FGuestUSO4|vnet.FGuestUFO {
-		t.Logf("kernel lacks UFO or USO: offered %s", vnet.FeatureString(dev.Features()))
-	}
-	try := func(name string, features uint64, exact, legacy bool) {
-		n, err := harness.NewNIC(dev, harness.NICConfig{Features: features, Exact: exact, Legacy: legacy, MemSize: 16 << 20})
-		acked := features & dev.Features()
-		if exact {
-			acked = features
-		}
-		if legacy {
-			acked &= 0xffffffff
-		}
-		if !specValid(acked) {
-			if !errors.Is(err, harness.ErrFeaturesRefused) {
-				t.Errorf("%s: invalid set %s not refused: %v", name, vnet.FeatureString(acked), err)
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) {
+			env := harness.NewNetEnv(t, testMAC)
+			dev, err := vnet.New(env.TapA, vnet.Config{MAC: testMAC, Log: testLog(t)})
+			if err != nil {
+				t.Fatal(err)
 			}
-			if n != nil {
+			defer dev.Close()
+			if dev.Features()&(vnet.FGuestUSO4|vnet.FGuestUFO) != vnet.FGuestUSO4|vnet.FGuestUFO {
+				t.Logf("kernel lacks UFO or USO: offered %s", vnet.FeatureString(dev.Features()))
+			}
+			offered := dev.Features()
+			if tr.legacy {
+				offered &= 0xffffffff
+			}
+			try := func(name string, features uint64, exact bool) {
+				n, err := harness.NewNIC(dev, tr.nic(harness.NICConfig{Features: features, Exact: exact, MemSize: 16 << 20}))
+				acked := features & offered
+				if exact {
+					acked = features
+				}
+				if !specValid(acked) {
+					if !errors.Is(err, harness.ErrFeaturesRefused) {
+						t.Errorf("%s: invalid set %s not refused: %v", name, vnet.FeatureString(acked), err)
+					}
+					if n != nil {
+						n.Close()
+					}
+					if got := dev.Stats().TapOffloads; got != 0 {
+						t.Errorf("%s: refused set left tap offloads %s", name, vnet.OffloadString(got))
+					}
+					return
+				}
+				if err != nil {
+					t.Fatalf("%s: %v", name, err)
+				}
+				if tr.legacy && n.Acked&virtio.FVersion1 != 0 {
+					t.Fatalf("%s: legacy driver negotiated VERSION_1", name)
+				}
+				want := vnet.TapOffloads(acked)
+				if got := dev.Stats().TapOffloads; got != want {
+					t.Errorf("%s: tap offloads %s, want %s", name, vnet.OffloadString(got), vnet.OffloadString(want))
+				}
+				checkEthtool(t, env, want, name)
 				n.Close()
+				checkEthtool(t, env, 0, name+" after reset")
 			}
-			return
-		}
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		want := vnet.TapOffloads(acked)
-		if got := dev.Stats().TapOffloads; got != want {
-			t.Errorf("%s: tap offloads %s, want %s", name, vnet.OffloadString(got), vnet.OffloadString(want))
-		}
-		checkEthtool(t, env, want, name)
-		n.Close()
-		checkEthtool(t, env, 0, name+" after reset")
-	}
-	try("linux", harness.LinuxFeatures, false, false)
-	try("vio", harness.VioFeatures, false, false)
-	try("csum", harness.CsumFeatures, false, false)
-	try("empty", harness.MinimalFeatures, false, false)
-	try("linux legacy", harness.LinuxLegacyFeatures, false, true)
-	try("legacy, nothing", 0, false, true)
-	bits := []uint64{vnet.FGuestCsum, vnet.FGuestTSO4, vnet.FGuestTSO6, vnet.FGuestECN, vnet.FGuestUFO, vnet.FGuestUSO4, vnet.FGuestUSO6}
-	for m := 0; m < 1<<len(bits); m++ {
-		f := virtio.FVersion1 | vnet.FMAC | vnet.FMrgRxbuf
-		for i, b := range bits {
-			if m&(1<<i) != 0 {
-				f |= b
+			base := virtio.FVersion1 | vnet.FMAC | vnet.FMrgRxbuf
+			if tr.legacy {
+				try("linux legacy", harness.LinuxLegacyFeatures, false)
+				try("vio legacy", harness.VioFeatures&^virtio.FVersion1, false)
+				try("nothing", 0, false)
+				base = vnet.FMAC | vnet.FMrgRxbuf
+			} else {
+				try("linux", harness.LinuxFeatures, false)
+				try("vio", harness.VioFeatures, false)
+				try("csum", harness.CsumFeatures, false)
+				try("empty", harness.MinimalFeatures, false)
 			}
-		}
-		if f&^dev.Features() != 0 {
-			continue // the kernel lacks UFO or USO
-		}
-		try(vnet.FeatureString(f&vnet.GuestOffloads), f, true, false)
+			bits := []uint64{vnet.FGuestCsum, vnet.FGuestTSO4, vnet.FGuestTSO6, vnet.FGuestECN, vnet.FGuestUFO, vnet.FGuestUSO4, vnet.FGuestUSO6}
+			for m := 0; m < 1<<len(bits); m++ {
+				f := base
+				for i, b := range bits {
+					if m&(1<<i) != 0 {
+						f |= b
+					}
+				}
+				if f&^offered != 0 {
+					continue // the kernel lacks UFO or USO, or the bit is beyond legacy's 32
+				}
+				try(vnet.FeatureString(f&vnet.GuestOffloads), f, true)
+			}
+		})
 	}
 }
 
 // profile is a guest driver and device configuration for traffic tests.
+// features is what the driver acks on the modern interface, legacy on the
+// legacy one.
 type profile struct {
 	name     string
 	features uint64
-	legacy   bool
-	offload  vnet.OffloadMode
-	txLayout []int
+	legacy   uint64
+	// modernOnly profiles need feature bits beyond the legacy interface's
+	// 32; intx profiles also run with MSI-X disabled.
+	modernOnly, intx bool
+	offload          vnet.OffloadMode
+	txLayout         []int
 }
 
 var profiles = []profile{
-	{name: "linux", features: harness.LinuxFeatures},
-	{name: "linux-uso", features: harness.LinuxFeatures | vnet.FHostUSO | vnet.FGuestUSO4 | vnet.FGuestUSO6},
-	{name: "linux-nomrg", features: harness.LinuxFeatures &^ vnet.FMrgRxbuf},
-	{name: "linux-legacy", features: harness.LinuxLegacyFeatures, legacy: true},
-	{name: "vio", features: harness.VioFeatures},
-	{name: "csum", features: harness.CsumFeatures},
-	{name: "none-mrg", features: harness.MinimalFeatures | vnet.FMrgRxbuf},
-	{name: "none", features: harness.MinimalFeatures},
-	{name: "legacy-none", features: 0, legacy: true, txLayout: []int{10, 14}},
-	{name: "linux-on-offload-off", features: harness.LinuxFeatures, offload: vnet.OffloadOff},
-	{name: "linux-on-offload-csum", features: harness.LinuxFeatures, offload: vnet.OffloadCsum},
+	{name: "linux", features: harness.LinuxFeatures, legacy: harness.LinuxLegacyFeatures, intx: true},
+	{name: "linux-uso", features: harness.LinuxFeatures | vnet.FHostUSO | vnet.FGuestUSO4 | vnet.FGuestUSO6, modernOnly: true},
+	{name: "linux-nomrg", features: harness.LinuxFeatures &^ vnet.FMrgRxbuf, legacy: harness.LinuxLegacyFeatures &^ vnet.FMrgRxbuf},
+	{name: "vio", features: harness.VioFeatures, legacy: harness.VioFeatures &^ virtio.FVersion1},
+	{name: "csum", features: harness.CsumFeatures, legacy: harness.CsumFeatures &^ virtio.FVersion1},
+	{name: "none-mrg", features: harness.MinimalFeatures | vnet.FMrgRxbuf, legacy: vnet.FMrgRxbuf},
+	{name: "none", features: harness.MinimalFeatures, legacy: 0, txLayout: []int{10, 14}, intx: true},
+	{name: "linux-on-offload-off", features: harness.LinuxFeatures, legacy: harness.LinuxLegacyFeatures, offload: vnet.OffloadOff},
+	{name: "linux-on-offload-csum", features: harness.LinuxFeatures, legacy: harness.LinuxLegacyFeatures, offload: vnet.OffloadCsum},
 }
 
 // TestTraffic runs TCP and UDP over IPv4 and IPv6, and TCP over a VLAN,
-// in both directions between NA and NB, for each driver profile. A
-// transfer proves the receiving stack accepted every checksum; the
-// namespaces' checksum error counters must stay at zero, and the harness
-// checks every header the driver receives against what it negotiated.
+// in both directions between NA and NB, for each driver profile over each
+// transport. A transfer proves the receiving stack accepted every
+// checksum; the namespaces' checksum error counters must stay at zero, and
+// the harness checks every header the driver receives against what it
+// negotiated.
 func TestTraffic(t *testing.T) {
-	const tcpSize = 2 << 20
 	for _, p := range profiles {
-		t.Run(p.name, func(t *testing.T) {
-			r := newRig(t, rigConfig{
-				dev: vnet.Config{Offload: p.offload},
-				nic: harness.NICConfig{Features: p.features, Legacy: p.legacy, TxLayout: p.txLayout},
-			})
-			env := r.env
-			// A VLAN sub-interface on each tap if the kernel has
-			// 802.1Q, otherwise tc programs tagging the whole link.
-			va, vb, err := env.AddVLAN(100)
-			vlanIf := err == nil
-			if !vlanIf && !errors.Is(err, unix.EOPNOTSUPP) {
-				t.Fatal(err)
+		for _, tr := range append(transports[:len(transports):len(transports)], intxTransports...) {
+			if tr.legacy && p.modernOnly || tr.intx && !p.intx {
+				continue
 			}
-			port := 6000
-			tcp := func(name string, from, to *harness.NS, dst net.IP) {
-				port++
-				if err := tcpTransfer(from, to, dst, port, tcpSize); err != nil {
-					t.Errorf("%s: %v", name, err)
-				}
-			}
-			tcp("tcp4 guest->host", env.NB, env.NA, harness.AddrA4)
-			tcp("tcp4 host->guest", env.NA, env.NB, harness.AddrB4)
-			tcp("tcp6 guest->host", env.NB, env.NA, harness.AddrA6)
-			tcp("tcp6 host->guest", env.NA, env.NB, harness.AddrB6)
-			udp := func(name string, from, to *harness.NS, dst net.IP) {
-				port++
-				got, sent, err := udpTransfer(from, to, dst, port, 50, []int{64, 1200, 1472, 4000})
-				if err != nil {
-					t.Errorf("%s: %v", name, err)
-				} else if got < sent*95/100 {
-					t.Errorf("%s: %d of %d datagrams arrived", name, got, sent)
-				}
-			}
-			udp("udp4 guest->host", env.NB, env.NA, harness.AddrA4)
-			udp("udp4 host->guest", env.NA, env.NB, harness.AddrB4)
-			udp("udp6 guest->host", env.NB, env.NA, harness.AddrA6)
-			udp("udp6 host->guest", env.NA, env.NB, harness.AddrB6)
-			if r.nic.Acked&vnet.FHostUSO != 0 {
-				for _, c := range []struct {
-					name     string
-					from, to *harness.NS
-					dst      net.IP
-				}{{"udp-gso4 guest->host", env.NB, env.NA, harness.AddrA4}, {"udp-gso4 host->guest", env.NA, env.NB, harness.AddrB4},
-					{"udp-gso6 guest->host", env.NB, env.NA, harness.AddrA6}, {"udp-gso6 host->guest", env.NA, env.NB, harness.AddrB6}} {
-					port++
-					got, sent, err := udpGSOTransfer(c.from, c.to, c.dst, port, 40)
-					if err != nil {
-						t.Errorf("%s: %v", c.name, err)
-					} else if got < sent*95/100 {
-						t.Errorf("%s: %d of %d segments arrived", c.name, got, sent)
-					}
-				}
-			}
-			rxVLAN, txVLAN := r.bridge.RxVLAN.Load(), r.bridge.TxVLAN.Load()
-			if vlanIf {
-				tcp("vlan tcp4 guest->host", env.NB, env.NA, va)
-				tcp("vlan tcp4 host->guest", env.NA, env.NB, vb)
-			} else {
-				if err := env.TagVLAN(100); err != nil {
-					t.Fatal(err)
-				}
-				tcp("vlan tcp4 guest->host", env.NB, env.NA, harness.AddrA4)
-				tcp("vlan tcp4 host->guest", env.NA, env.NB, harness.AddrB4)
-				tcp("vlan tcp6 guest->host", env.NB, env.NA, harness.AddrA6)
-				tcp("vlan tcp6 host->guest", env.NA, env.NB, harness.AddrB6)
-				if err := env.UntagVLAN(); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if r.bridge.RxVLAN.Load()-rxVLAN < 100 || r.bridge.TxVLAN.Load()-txVLAN < 100 {
-				t.Errorf("VLAN-tagged frames: %d to the guest, %d from it", r.bridge.RxVLAN.Load()-rxVLAN, r.bridge.TxVLAN.Load()-txVLAN)
-			}
-			r.checkBridge(t)
-			for _, ns := range []*harness.NS{env.NA, env.NB} {
-				tcpErr, udpErr, udp6Err, err := ns.CsumErrors()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if tcpErr+udpErr+udp6Err != 0 {
-					t.Errorf("%s: checksum errors tcp=%d udp=%d udp6=%d", ns.Name, tcpErr, udpErr, udp6Err)
-				}
-			}
-			s := r.dev.Stats()
-			if s.TxBadHeader+s.RxBadHeader+s.TxBackendErrors+s.GuestFaults != 0 {
-				t.Errorf("drops: %v", s)
-			}
-			if r.nic.Acked&vnet.FHostTSO4 != 0 && s.TxGSO == 0 {
-				t.Errorf("driver acked HOST_TSO4 but sent no GSO frame: %v", s)
-			}
-			if r.nic.RxGSO() && s.RxGSO == 0 {
-				t.Errorf("driver acked GUEST_TSO but received no GSO frame: %v", s)
-			}
-			if r.nic.Acked&vnet.FGuestCsum == 0 && (s.RxGSO != 0 || s.TxGSO != 0 && r.nic.Acked&vnet.FCsum == 0) {
-				t.Errorf("GSO without offloads: %v", s)
-			}
-		})
+			t.Run(p.name+"/"+tr.name, func(t *testing.T) { testTraffic(t, p, tr) })
+		}
 	}
+}
+
+func testTraffic(t *testing.T, p profile, tr transport) {
+	const tcpSize = 2 << 20
+	r := newRig(t, rigConfig{
+		dev: vnet.Config{Offload: p.offload},
+		nic: tr.nic(harness.NICConfig{Features: tr.features(p.features, p.legacy), TxLayout: p.txLayout}),
+	})
+	if tr.legacy && r.nic.Acked&virtio.FVersion1 != 0 {
+		t.Fatal("legacy driver negotiated VERSION_1")
+	}
+	env := r.env
+	// A VLAN sub-interface on each tap if the kernel has
+	// 802.1Q, otherwise tc programs tagging the whole link.
+	va, vb, err := env.AddVLAN(100)
+	vlanIf := err == nil
+	if !vlanIf && !errors.Is(err, unix.EOPNOTSUPP) {
+		t.Fatal(err)
+	}
+	port := 6000
+	tcp := func(name string, from, to *harness.NS, dst net.IP) {
+		port++
+		if err := tcpTransfer(from, to, dst, port, tcpSize); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	tcp("tcp4 guest->host", env.NB, env.NA, harness.AddrA4)
+	tcp("tcp4 host->guest", env.NA, env.NB, harness.AddrB4)
+	tcp("tcp6 guest->host", env.NB, env.NA, harness.AddrA6)
+	tcp("tcp6 host->guest", env.NA, env.NB, harness.AddrB6)
+	udp := func(name string, from, to *harness.NS, dst net.IP) {
+		port++
+		got, sent, err := udpTransfer(from, to, dst, port, 50, []int{64, 1200, 1472, 4000})
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+		} else if got < sent*95/100 {
+			t.Errorf("%s: %d of %d datagrams arrived", name, got, sent)
+		}
+	}
+	udp("udp4 guest->host", env.NB, env.NA, harness.AddrA4)
+	udp("udp4 host->guest", env.NA, env.NB, harness.AddrB4)
+	udp("udp6 guest->host", env.NB, env.NA, harness.AddrA6)
+	udp("udp6 host->guest", env.NA, env.NB, harness.AddrB6)
+	if r.nic.Acked&vnet.FHostUSO != 0 {
+		for _, c := range []struct {
+			name     string
+			from, to *harness.NS
+			dst      net.IP
+		}{{"udp-gso4 guest->host", env.NB, env.NA, harness.AddrA4}, {"udp-gso4 host->guest", env.NA, env.NB, harness.AddrB4},
+			{"udp-gso6 guest->host", env.NB, env.NA, harness.AddrA6}, {"udp-gso6 host->guest", env.NA, env.NB, harness.AddrB6}} {
+			port++
+			got, sent, err := udpGSOTransfer(c.from, c.to, c.dst, port, 40)
+			if err != nil {
+				t.Errorf("%s: %v", c.name, err)
+			} else if got < sent*95/100 {
+				t.Errorf("%s: %d of %d segments arrived", c.name, got, sent)
+			}
+		}
+	}
+	rxVLAN, txVLAN := r.bridge.RxVLAN.Load(), r.bridge.TxVLAN.Load()
+	if vlanIf {
+		tcp("vlan tcp4 guest->host", env.NB, env.NA, va)
+		tcp("vlan tcp4 host->guest", env.NA, env.NB, vb)
+	} else {
+		if err := env.TagVLAN(100); err != nil {
+			t.Fatal(err)
+		}
+		tcp("vlan tcp4 guest->host", env.NB, env.NA, harness.AddrA4)
+		tcp("vlan tcp4 host->guest", env.NA, env.NB, harness.AddrB4)
+		tcp("vlan tcp6 guest->host", env.NB, env.NA, harness.AddrA6)
+		tcp("vlan tcp6 host->guest", env.NA, env.NB, harness.AddrB6)
+		if err := env.UntagVLAN(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r.bridge.RxVLAN.Load()-rxVLAN < 100 || r.bridge.TxVLAN.Load()-txVLAN < 100 {
+		t.Errorf("VLAN-tagged frames: %d to the guest, %d from it", r.bridge.RxVLAN.Load()-rxVLAN, r.bridge.TxVLAN.Load()-txVLAN)
+	}
+	r.checkBridge(t)
+	for _, ns := range []*harness.NS{env.NA, env.NB} {
+		tcpErr, udpErr, udp6Err, err := ns.CsumErrors()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tcpErr+udpErr+udp6Err != 0 {
+			t.Errorf("%s: checksum errors tcp=%d udp=%d udp6=%d", ns.Name, tcpErr, udpErr, udp6Err)
+		}
+	}
+	s := r.dev.Stats()
+	if s.TxBadHeader+s.RxBadHeader+s.TxBackendErrors+s.GuestFaults != 0 {
+		t.Errorf("drops: %v", s)
+	}
+	if r.nic.Acked&vnet.FHostTSO4 != 0 && s.TxGSO == 0 {
+		t.Errorf("driver acked HOST_TSO4 but sent no GSO frame: %v", s)
+	}
+	if r.nic.RxGSO() && s.RxGSO == 0 {
+		t.Errorf("driver acked GUEST_TSO but received no GSO frame: %v", s)
+	}
+	if r.nic.Acked&vnet.FGuestCsum == 0 && (s.RxGSO != 0 || s.TxGSO != 0 && r.nic.Acked&vnet.FCsum == 0) {
+		t.Errorf("GSO without offloads: %v", s)
+	}
+	r.checkInterrupts(t)
 }
 
 // udpGSOTransfer sends count UDP_SEGMENT (GSO) writes of 10 segments of
@@ -277,22 +310,10 @@ func udpGSOTransfer(from, to *harness.NS, dst net.IP, port, count int) (int, int
 	if serr != nil {
 		return 0, 0, fmt.Errorf("UDP_SEGMENT: %w", serr)
 	}
-	done := make(chan int, 1)
-	go func() {
-		buf := make([]byte, 65536)
-		ok := 0
-		for {
-			rc.SetReadDeadline(time.Now().Add(time.Second))
-			n, err := rc.Read(buf)
-			if err != nil {
-				done <- ok
-				return
-			}
-			if n == 1200 && buf[0] == 0xa5 && buf[n-1] == byte(n-1) {
-				ok++
-			}
-		}
-	}()
+	total := make(chan int, 1)
+	done := receiveUDP(rc, total, func(b []byte) bool {
+		return len(b) == 1200 && b[0] == 0xa5 && b[1199] == byte(1199%256)
+	})
 	seg := make([]byte, 12000)
 	for i := range seg {
 		seg[i] = byte(i % 1200)
@@ -306,6 +327,7 @@ func udpGSOTransfer(from, to *harness.NS, dst net.IP, port, count int) (int, int
 		}
 		time.Sleep(time.Millisecond)
 	}
+	total <- 10 * count
 	return <-done, 10 * count, nil
 }
 
@@ -316,7 +338,13 @@ func udpGSOTransfer(from, to *harness.NS, dst net.IP, port, count int) (int, int
 // frames, the capture shows the kernel segmented them, and the SHA-256 of
 // the transfer shows the result was right.
 func TestGSOSegmentedOnTheWire(t *testing.T) {
-	r := newRig(t, rigConfig{nic: harness.NICConfig{Features: harness.LinuxFeatures}})
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) { testGSOSegmentedOnTheWire(t, tr) })
+	}
+}
+
+func testGSOSegmentedOnTheWire(t *testing.T, tr transport) {
+	r := newRig(t, rigConfig{nic: tr.nic(harness.NICConfig{Features: tr.features(harness.LinuxFeatures, harness.LinuxLegacyFeatures)})})
 	env := r.env
 	nc := newPeerNS(t, env)
 	capture, stop := captureFrames(t, nc, "vC", unix.ETH_P_ALL)
@@ -334,6 +362,7 @@ func TestGSOSegmentedOnTheWire(t *testing.T) {
 	}
 	_ = capture
 	r.checkBridge(t)
+	r.checkInterrupts(t)
 }
 
 // TestForwardedToGuestWithoutCsum: frames forwarded from NC through NA
@@ -342,33 +371,39 @@ func TestGSOSegmentedOnTheWire(t *testing.T) {
 // GUEST_CSUM must still get all-zero headers (the harness checks every
 // one) and the transfer must succeed in both directions.
 func TestForwardedToGuestWithoutCsum(t *testing.T) {
-	for _, features := range []uint64{harness.MinimalFeatures, harness.MinimalFeatures | vnet.FMrgRxbuf} {
-		t.Run(vnet.FeatureString(features), func(t *testing.T) {
-			r := newRig(t, rigConfig{nic: harness.NICConfig{Features: features}})
-			nc := newPeerNS(t, r.env)
-			// NC sends fully checksummed frames; GRO on vA validates
-			// them and marks them CHECKSUM_UNNECESSARY, like a
-			// physical NIC with receive checksum offload.
-			if _, err := nc.Exec("ethtool", "-K", "vC", "tx", "off"); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := r.env.NA.Exec("ethtool", "-K", "vA", "gro", "on"); err != nil {
-				t.Fatal(err)
-			}
-			if err := tcpTransfer(nc, r.env.NB, harness.AddrB4, 7002, 2<<20); err != nil {
-				t.Fatal(err)
-			}
-			if err := tcpTransfer(r.env.NB, nc, net.IPv4(10, 203, 0, 2), 7003, 2<<20); err != nil {
-				t.Fatal(err)
-			}
-			// RxFlagsCleared shows the tap did hand over DATA_VALID,
-			// so the test exercised the sanitizer.
-			if s := r.dev.Stats(); s.RxPackets < 1000 || s.RxGSO != 0 || s.RxFlagsCleared == 0 {
-				t.Errorf("stats: %v", s)
-			}
-			r.checkBridge(t)
-		})
+	for _, tr := range transports {
+		for _, mrg := range []uint64{0, vnet.FMrgRxbuf} {
+			features := tr.features(harness.MinimalFeatures|mrg, mrg)
+			t.Run(tr.name+"/"+vnet.FeatureString(features), func(t *testing.T) { testForwardedToGuestWithoutCsum(t, tr, features) })
+		}
 	}
+}
+
+func testForwardedToGuestWithoutCsum(t *testing.T, tr transport, features uint64) {
+	r := newRig(t, rigConfig{nic: tr.nic(harness.NICConfig{Features: features})})
+	nc := newPeerNS(t, r.env)
+	// NC sends fully checksummed frames; GRO on vA validates
+	// them and marks them CHECKSUM_UNNECESSARY, like a
+	// physical NIC with receive checksum offload.
+	if _, err := nc.Exec("ethtool", "-K", "vC", "tx", "off"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.env.NA.Exec("ethtool", "-K", "vA", "gro", "on"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tcpTransfer(nc, r.env.NB, harness.AddrB4, 7002, 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := tcpTransfer(r.env.NB, nc, net.IPv4(10, 203, 0, 2), 7003, 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	// RxFlagsCleared shows the tap did hand over DATA_VALID,
+	// so the test exercised the sanitizer.
+	if s := r.dev.Stats(); s.RxPackets < 1000 || s.RxGSO != 0 || s.RxFlagsCleared == 0 {
+		t.Errorf("stats: %v", s)
+	}
+	r.checkBridge(t)
+	r.checkInterrupts(t)
 }
 
 // newPeerNS creates namespace NC behind NA: a veth pair vA (NA,
@@ -479,7 +514,16 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 // Linux does when IP forwarding disables LRO, and checks tap A's
 // offloads and the frames the guest gets.
 func TestCtrlGuestOffloadsAtRunTime(t *testing.T) {
-	r := newRig(t, rigConfig{nic: harness.NICConfig{Features: harness.LinuxFeatures}})
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) { testCtrlGuestOffloadsAtRunTime(t, tr) })
+	}
+}
+
+func testCtrlGuestOffloadsAtRunTime(t *testing.T, tr transport) {
+	r := newRig(t, rigConfig{nic: tr.nic(harness.NICConfig{Features: tr.features(harness.LinuxFeatures, harness.LinuxLegacyFeatures)})})
+	if r.nic.Acked&vnet.FCtrlGuestOffloads == 0 {
+		t.Fatalf("CTRL_GUEST_OFFLOADS not negotiated: %s", vnet.FeatureString(r.nic.Acked))
+	}
 	env := r.env
 	all := vnet.TapOffloads(r.nic.Acked)
 	checkEthtool(t, env, all, "at DRIVER_OK")
@@ -515,6 +559,7 @@ func TestCtrlGuestOffloadsAtRunTime(t *testing.T) {
 	set(vnet.FCsum, vnet.CtrlErr)
 	checkEthtool(t, env, all, "after refused SETs")
 	r.checkBridge(t)
+	r.checkInterrupts(t)
 }
 
 // TestLockedWithOffloads runs a locked NIC with every offload on and the
@@ -523,9 +568,16 @@ func TestCtrlGuestOffloadsAtRunTime(t *testing.T) {
 // sent by NB are dropped and counted; frames NA sends to other addresses
 // are not delivered.
 func TestLockedWithOffloads(t *testing.T) {
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) { testLockedWithOffloads(t, tr) })
+	}
+}
+
+func testLockedWithOffloads(t *testing.T, tr transport) {
 	r := newRig(t, rigConfig{
 		dev: vnet.Config{Locked: true},
-		nic: harness.NICConfig{Features: harness.LinuxFeatures, TxLayout: []int{5, 9, 2, 3, 1, 4}, RxLayout: []int{3, 11, 5}},
+		nic: tr.nic(harness.NICConfig{Features: tr.features(harness.LinuxFeatures, harness.LinuxLegacyFeatures),
+			TxLayout: []int{5, 9, 2, 3, 1, 4}, RxLayout: []int{3, 11, 5}}),
 	})
 	env := r.env
 	if err := tcpTransfer(env.NB, env.NA, harness.AddrA4, 7201, 4<<20); err != nil {
@@ -587,6 +639,7 @@ func TestLockedWithOffloads(t *testing.T) {
 		t.Errorf("NB received %d test frames, want the 3 addressed to it", frames)
 	}
 	r.checkBridge(t)
+	r.checkInterrupts(t)
 }
 
 func macOf(t *testing.T, ns *harness.NS, name string) net.HardwareAddr {

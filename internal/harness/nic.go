@@ -12,7 +12,9 @@ import (
 	"github.com/govmd/govmd/devices/net/tap"
 	"github.com/govmd/govmd/memory"
 	"github.com/govmd/govmd/virtio"
+	"github.com/govmd/govmd/virtio/pcitransport"
 	"github.com/govmd/govmd/virtio/virtiotest"
+	"github.com/govmd/govmd/virtio/virtiotest/pcidriver"
 )
 
 // Feature sets of real guest drivers. A NIC acks the intersection of its
@@ -47,8 +49,18 @@ type NICConfig struct {
 	// offers (all of them, offered or not, with Exact).
 	Features uint64
 	Exact    bool
-	// Legacy drives the legacy (0.9.5) interface.
+	// Transport is the PCI function the device is presented as: a
+	// transitional device (the default), whose interfaces both drivers
+	// can use, a modern-only or a legacy-only one.
+	Transport pcitransport.Mode
+	// Legacy drives the legacy (0.9.5) interface through the legacy I/O
+	// BAR (on a transitional device, what Linux does with
+	// virtio_pci.force_legacy=1); otherwise the modern capabilities.
 	Legacy bool
+	// INTx leaves MSI-X disabled: interrupts arrive on the INTx line and
+	// the driver reads the ISR. Otherwise each queue and configuration
+	// changes have their own MSI-X vector.
+	INTx bool
 	// QueueSize is the size of the receive and transmit rings; 0 means
 	// the device's maximum (a legacy driver always uses the maximum).
 	QueueSize uint16
@@ -88,11 +100,14 @@ var ErrFeaturesRefused = errors.New("device refused the features")
 // goroutine) may each be used by one goroutine; Ctrl by a third. The
 // fields are read-only after NewNIC.
 type NIC struct {
-	Dev    virtio.Device
-	Mem    *memory.Memory
+	Dev       virtio.Device
+	Mem       *memory.Memory
+	Transport *pcitransport.Transport
+	// Common is the transport's control state, for tests that look
+	// behind the registers.
 	Common *virtio.Common
-	Drv    Driver
-	IRQ    *IRQ
+	Drv    *pcidriver.Driver
+	IRQ    *pcidriver.IRQ
 	Cfg    NICConfig
 	// Acked are the negotiated features, HdrLen the virtio header length
 	// (10 or 12) and MAC the address read from the configuration.
@@ -138,9 +153,10 @@ type rxUsed struct {
 	n    uint32
 }
 
-// NewNIC creates guest memory and a virtio.Common for dev and runs the
-// driver's initialization: negotiation, ring setup, receive buffers,
-// DRIVER_OK. Close releases it.
+// NewNIC creates guest memory and a virtio PCI function for dev, probes it
+// with a PCI driver and runs the driver's initialization through the
+// function's registers: negotiation, ring setup with interrupt vectors,
+// receive buffers, DRIVER_OK. Close releases it.
 func NewNIC(dev virtio.Device, cfg NICConfig) (*NIC, error) {
 	if cfg.MemSize == 0 {
 		cfg.MemSize = 64 << 20
@@ -152,13 +168,19 @@ func NewNIC(dev virtio.Device, cfg NICConfig) (*NIC, error) {
 	if err != nil {
 		return nil, err
 	}
-	irq := NewIRQ(len(dev.QueueSizes()))
-	c, err := virtio.NewCommon(dev, mem, irq, cfg.Log)
+	irq := pcidriver.NewIRQ(len(dev.QueueSizes()))
+	tr, err := pcitransport.New(pcitransport.Config{Mode: cfg.Transport, Device: dev, Mem: mem, MSIX: irq, INTx: irq, Log: cfg.Log})
 	if err != nil {
 		mem.Close()
 		return nil, err
 	}
-	n := &NIC{Dev: dev, Mem: mem, Common: c, Drv: NewCommonDriver(c, cfg.Legacy), IRQ: irq, Cfg: cfg}
+	drv, err := pcidriver.New(tr, irq, pcidriver.Config{Legacy: cfg.Legacy, INTx: cfg.INTx})
+	if err != nil {
+		tr.Close()
+		mem.Close()
+		return nil, err
+	}
+	n := &NIC{Dev: dev, Mem: mem, Transport: tr, Common: tr.Common(), Drv: drv, IRQ: irq, Cfg: cfg}
 	n.alloc = virtiotest.Alloc{Next: 0x10000, End: cfg.MemSize}
 	if err := n.init(); err != nil {
 		n.Close()
@@ -205,6 +227,10 @@ func (n *NIC) init() error {
 		}
 		return m
 	}
+	// Rings are laid out from a page-aligned base in the legacy layout
+	// (available ring right after the descriptors, used ring at the next
+	// page), which is what a legacy device computes from the PFN and is
+	// as good as any for the modern interface.
 	newRing := func(q int) (*virtiotest.Ring, error) {
 		s := size(q)
 		r := virtiotest.NewRing(n.Mem, s, n.alloc.Get(virtiotest.Bytes(s), 4096))
@@ -239,7 +265,8 @@ func (n *NIC) init() error {
 // Close resets the device and frees guest memory. The device itself is
 // not closed.
 func (n *NIC) Close() {
-	n.Common.Close()
+	n.Transport.Close()
+	n.Drv.Close()
 	n.Mem.Close()
 }
 

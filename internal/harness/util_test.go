@@ -9,12 +9,14 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	vnet "github.com/govmd/govmd/devices/net"
 	"github.com/govmd/govmd/internal/harness"
+	"github.com/govmd/govmd/virtio/pcitransport"
 )
 
 // testMAC is the virtio NIC's (and tap B's) address.
@@ -29,6 +31,46 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 func testLog(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// transport is how the NIC's device is presented (the PCI function's mode)
+// and which of its interfaces the driver uses, with which interrupts.
+type transport struct {
+	name   string
+	mode   pcitransport.Mode
+	legacy bool // the driver uses the legacy I/O BAR
+	intx   bool // MSI-X disabled: INTx and the ISR
+}
+
+// transports are the ways a guest meets a virtio-net PCI function, all
+// with MSI-X: a modern driver on a modern-only and on a transitional
+// device, and a legacy driver on a transitional device (Linux with
+// virtio_pci.force_legacy=1) and on a legacy-only device.
+var transports = []transport{
+	{name: "modern", mode: pcitransport.Modern},
+	{name: "transitional", mode: pcitransport.Transitional},
+	{name: "transitional-legacy", mode: pcitransport.Transitional, legacy: true},
+	{name: "legacy", mode: pcitransport.Legacy, legacy: true},
+}
+
+// intxTransports are a modern and a legacy driver with MSI-X disabled.
+var intxTransports = []transport{
+	{name: "modern-intx", mode: pcitransport.Modern, intx: true},
+	{name: "legacy-intx", mode: pcitransport.Legacy, legacy: true, intx: true},
+}
+
+// nic returns cfg for this transport.
+func (tr transport) nic(cfg harness.NICConfig) harness.NICConfig {
+	cfg.Transport, cfg.Legacy, cfg.INTx = tr.mode, tr.legacy, tr.intx
+	return cfg
+}
+
+// features picks the driver's feature set for this transport.
+func (tr transport) features(modern, legacy uint64) uint64 {
+	if tr.legacy {
+		return legacy
+	}
+	return modern
 }
 
 // rig is a NIC on tap A bridged to tap B.
@@ -91,6 +133,38 @@ func (r *rig) checkBridge(t testing.TB) {
 		if err := r.bridge.Err(); err != nil {
 			t.Fatalf("bridge: %v", err)
 		}
+	}
+}
+
+// checkInterrupts fails the test unless the NIC's receive and transmit
+// queues got interrupts the way its transport delivers them (MSI-X
+// messages on their own vectors, or INTx), with no stray message and no
+// register access the transport counted as a driver mistake.
+func (r *rig) checkInterrupts(t testing.TB) {
+	t.Helper()
+	irq := r.nic.IRQ
+	if irq.Count(vnet.RxQueue) == 0 || irq.Count(vnet.TxQueue) == 0 {
+		t.Errorf("interrupts: rx %d, tx %d", irq.Count(vnet.RxQueue), irq.Count(vnet.TxQueue))
+	}
+	raised, spurious := irq.INTx()
+	if r.nic.Cfg.INTx {
+		if raised == 0 || spurious >= raised {
+			t.Errorf("INTx raised %d times, %d spurious", raised, spurious)
+		}
+	} else {
+		if raised != 0 {
+			t.Errorf("INTx raised %d times with MSI-X", raised)
+		}
+		// Vector 0 is the configuration's, 1+q queue q's.
+		if irq.Deliveries(1+vnet.RxQueue) == 0 || irq.Deliveries(1+vnet.TxQueue) == 0 {
+			t.Errorf("MSI-X deliveries: rx %d, tx %d", irq.Deliveries(1+vnet.RxQueue), irq.Deliveries(1+vnet.TxQueue))
+		}
+	}
+	if n := irq.Stray(); n != 0 {
+		t.Errorf("%d stray MSI-X messages", n)
+	}
+	if f := r.nic.Transport.Faults(); f != 0 {
+		t.Errorf("the transport counted %d driver faults", f)
 	}
 }
 
@@ -170,22 +244,10 @@ func udpTransfer(from, to *harness.NS, dst net.IP, port, count int, sizes []int)
 		return 0, 0, err
 	}
 	defer sc.Close()
-	done := make(chan int, 1)
-	go func() {
-		buf := make([]byte, 65536)
-		ok := 0
-		for {
-			rc.SetReadDeadline(time.Now().Add(time.Second))
-			n, err := rc.Read(buf)
-			if err != nil {
-				done <- ok
-				return
-			}
-			if n >= 4 && bytes.Equal(buf[4:n], pattern(n-4, buf[0])) {
-				ok++
-			}
-		}
-	}()
+	total := make(chan int, 1)
+	done := receiveUDP(rc, total, func(b []byte) bool {
+		return len(b) >= 4 && bytes.Equal(b[4:], pattern(len(b)-4, b[0]))
+	})
 	sent := 0
 	for i := 0; i < count; i++ {
 		for _, s := range sizes {
@@ -201,7 +263,45 @@ func udpTransfer(from, to *harness.NS, dst net.IP, port, count int, sizes []int)
 			}
 		}
 	}
+	total <- sent
 	return <-done, sent, nil
+}
+
+// receiveUDP counts the datagrams good accepts on rc until as many arrived
+// as the sender says on total it sent, or nothing arrived for a second.
+func receiveUDP(rc *net.UDPConn, total <-chan int, good func([]byte) bool) <-chan int {
+	done := make(chan int, 1)
+	go func() {
+		buf := make([]byte, 65536)
+		ok, want := 0, -1
+		last := time.Now()
+		for {
+			if want < 0 {
+				select {
+				case want = <-total:
+				default:
+				}
+			}
+			if want >= 0 && ok >= want {
+				done <- ok
+				return
+			}
+			rc.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+			n, err := rc.Read(buf)
+			if err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) && time.Since(last) < time.Second {
+					continue
+				}
+				done <- ok
+				return
+			}
+			last = time.Now()
+			if good(buf[:n]) {
+				ok++
+			}
+		}
+	}()
+	return done
 }
 
 func pattern(n int, seed byte) []byte {
