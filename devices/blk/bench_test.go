@@ -120,7 +120,7 @@ func benchIO(b *testing.B, path string, write, random bool, depth int) {
 	for ; submitted < depth && submitted < b.N; submitted++ {
 		post(submitted)
 	}
-	e.c.Notify(0)
+	e.drv.Notify(0)
 	idle := 0
 	for completed < b.N {
 		head, _, ok := r.PopUsed()
@@ -147,7 +147,7 @@ func benchIO(b *testing.B, path string, write, random bool, depth int) {
 				b.Fatal(err)
 			}
 			if n := r.AvailIdx(); n-ev-1 < n-old {
-				e.c.Notify(0)
+				e.drv.Notify(0)
 			}
 		}
 	}

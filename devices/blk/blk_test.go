@@ -284,21 +284,23 @@ func TestConfig(t *testing.T) {
 }
 
 // TestWriteback checks the writeback field follows the negotiated FLUSH.
-func TestWriteback(t *testing.T) {
+func TestWriteback(t *testing.T) { forTransports(t, testWriteback) }
+
+func testWriteback(t *testing.T, tr transport) {
 	for _, flush := range []bool{true, false} {
-		e := newEnv(t, envConfig{acked: func(f uint64) uint64 {
+		e := newEnv(t, envConfig{transport: tr, acked: func(f uint64) uint64 {
 			if !flush {
 				return f &^ FFlush
 			}
 			return f
 		}})
 		var wb [1]byte
-		e.dev.ReadConfig(cfgWriteback, wb[:])
+		e.drv.ReadConfig(cfgWriteback, wb[:])
 		if want := map[bool]byte{true: 1, false: 0}[flush]; wb[0] != want {
 			t.Errorf("flush %v: writeback %d, want %d", flush, wb[0], want)
 		}
-		e.c.SetStatus(0)
-		e.dev.ReadConfig(cfgWriteback, wb[:])
+		e.drv.Reset()
+		e.drv.ReadConfig(cfgWriteback, wb[:])
 		if wb[0] != 0 {
 			t.Errorf("writeback %d after reset", wb[0])
 		}

@@ -7,13 +7,14 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/govmd/govmd/memory"
 	"github.com/govmd/govmd/virtio"
+	"github.com/govmd/govmd/virtio/pcitransport"
 	"github.com/govmd/govmd/virtio/virtiotest"
+	"github.com/govmd/govmd/virtio/virtiotest/pcidriver"
 )
 
 // Guest memory layout of the test driver.
@@ -52,20 +53,44 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-type fakeIRQ struct{ queue, config atomic.Int32 }
+// transport is how the disk is presented (the PCI function's mode) and
+// which of its interfaces the test driver uses, with which interrupts.
+type transport struct {
+	name   string
+	mode   pcitransport.Mode
+	legacy bool // the driver uses the legacy I/O BAR
+	intx   bool // MSI-X disabled: INTx and the ISR
+}
 
-func (i *fakeIRQ) QueueInterrupt(int) { i.queue.Add(1) }
-func (i *fakeIRQ) ConfigInterrupt()   { i.config.Add(1) }
+// transports are the ways a guest meets a virtio-blk PCI function: a
+// modern driver on a modern-only and on a transitional device, and a
+// legacy driver on a transitional and on a legacy-only device (MSI-X), and
+// a legacy driver with INTx.
+var transports = []transport{
+	{name: "modern", mode: pcitransport.Modern},
+	{name: "transitional", mode: pcitransport.Transitional},
+	{name: "transitional-legacy", mode: pcitransport.Transitional, legacy: true},
+	{name: "legacy", mode: pcitransport.Legacy, legacy: true},
+	{name: "legacy-intx", mode: pcitransport.Legacy, legacy: true, intx: true},
+}
 
-// env is one disk driven by an in-process virtio driver through
-// virtio.Common, the way a transport would.
+// forTransports runs test once per transport.
+func forTransports(t *testing.T, test func(t *testing.T, tr transport)) {
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) { test(t, tr) })
+	}
+}
+
+// env is one disk presented as a virtio PCI function and driven by an
+// in-process guest driver through the function's registers.
 type env struct {
 	t     testing.TB
 	path  string
 	dev   *Device
 	mem   *memory.Memory
-	c     *virtio.Common
-	irq   *fakeIRQ
+	tr    *pcitransport.Transport
+	drv   *pcidriver.Driver
+	irq   *pcidriver.IRQ
 	rings []*virtiotest.Ring
 	alloc virtiotest.Alloc
 }
@@ -78,6 +103,8 @@ type envConfig struct {
 	acked func(offered uint64) uint64
 	// wrap lets a test interpose on the backend.
 	wrap func(backend) backend
+	// transport defaults to a modern driver on a transitional device.
+	transport transport
 }
 
 func newEnv(t testing.TB, cfg envConfig) *env {
@@ -100,14 +127,23 @@ func newEnv(t testing.TB, cfg envConfig) *env {
 	if cfg.wrap != nil {
 		dev.be = cfg.wrap(dev.be)
 	}
-	e := &env{t: t, path: path, dev: dev, irq: &fakeIRQ{}}
+	e := &env{t: t, path: path, dev: dev, irq: pcidriver.NewIRQ(len(dev.QueueSizes()))}
 	e.mem = memory.FromBytes(memory.Region{GPA: 0, Host: make([]byte, testMemSize)})
-	e.c, err = virtio.NewCommon(dev, e.mem, e.irq, nil)
+	e.tr, err = pcitransport.New(pcitransport.Config{Mode: cfg.transport.mode, Device: dev, Mem: e.mem, MSIX: e.irq, INTx: e.irq, Log: cfg.opts.Log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { e.c.Close() })
-	features := e.c.OfferedFeatures(false)
+	t.Cleanup(func() { e.tr.Close() })
+	e.drv, err = pcidriver.New(e.tr, e.irq, pcidriver.Config{Legacy: cfg.transport.legacy, INTx: cfg.transport.intx})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.drv.Close)
+	if e.drv.DeviceType() != virtio.DeviceBlock {
+		t.Fatalf("device type %v", e.drv.DeviceType())
+	}
+	e.drv.Reset()
+	features := e.drv.DeviceFeatures()
 	if cfg.acked != nil {
 		features = cfg.acked(features)
 	}
@@ -115,47 +151,45 @@ func newEnv(t testing.TB, cfg envConfig) *env {
 	return e
 }
 
-// start runs the driver's initialization sequence with the given features.
+// start runs the driver's initialization sequence with the given features
+// on a reset device.
 func (e *env) start(features uint64) {
 	e.t.Helper()
-	c := e.c
-	c.SetStatus(virtio.StatusAcknowledge)
-	c.SetStatus(virtio.StatusAcknowledge | virtio.StatusDriver)
-	c.DriverFeatureSelect(0)
-	c.SetDriverFeatures(uint32(features))
-	c.DriverFeatureSelect(1)
-	c.SetDriverFeatures(uint32(features >> 32))
-	c.SetStatus(virtio.StatusAcknowledge | virtio.StatusDriver | virtio.StatusFeaturesOK)
-	if c.Status()&virtio.StatusFeaturesOK == 0 {
-		e.t.Fatal("FEATURES_OK refused")
+	d := e.drv
+	if ok, err := d.Negotiate(features); err != nil || !ok {
+		e.t.Fatalf("features %#x refused: %v", features, err)
 	}
 	nq := 1
 	if features&FMQ != 0 {
-		nq = c.NumQueues()
+		nq = d.NumQueues()
 	}
 	e.rings = e.rings[:0]
 	base := uint64(testRingBase)
-	size := e.dev.queueSize
 	for q := 0; q < nq; q++ {
+		size := d.QueueMax(q) // the device's queueSize; legacy rings have the maximum size
 		r := virtiotest.NewRing(e.mem, size, base)
 		base += (virtiotest.Bytes(size) + 4095) &^ 4095
-		c.SelectQueue(uint16(q))
-		c.SetQueueSize(r.Size)
-		cfg := r.Config()
-		c.SetQueueAddr(virtio.QueueDesc, false, uint32(cfg.DescAddr))
-		c.SetQueueAddr(virtio.QueueAvail, false, uint32(cfg.AvailAddr))
-		c.SetQueueAddr(virtio.QueueUsed, false, uint32(cfg.UsedAddr))
-		c.SetQueueEnabled(true)
+		if err := d.SetupQueue(q, r); err != nil {
+			e.t.Fatal(err)
+		}
 		e.rings = append(e.rings, r)
 	}
 	if base > testBufBase {
 		e.t.Fatalf("rings overflow into buffers (%#x)", base)
 	}
-	c.SetStatus(virtio.StatusAcknowledge | virtio.StatusDriver | virtio.StatusFeaturesOK | virtio.StatusDriverOK)
-	if s := c.Status(); s&virtio.StatusNeedsReset != 0 || !c.Active() {
-		e.t.Fatalf("activation failed: status %s", virtio.StatusString(s))
+	if err := d.DriverOK(); err != nil || !e.tr.Common().Active() {
+		e.t.Fatalf("activation failed: %v", err)
 	}
 	e.alloc = virtiotest.Alloc{Next: testBufBase, End: testMemSize}
+}
+
+// checkTransport fails the test if the transport counted a register access
+// of the test driver as a driver mistake.
+func (e *env) checkTransport() {
+	e.t.Helper()
+	if f := e.tr.Faults(); f != 0 {
+		e.t.Errorf("the transport counted %d driver faults", f)
+	}
 }
 
 // chainSpec says how a request's bytes are cut into descriptors. Nil cuts
@@ -251,10 +285,10 @@ func (e *env) waitUsed(q int, timeout time.Duration) (head uint16, n uint32, ok 
 func (e *env) do(readable []byte, writeLen int, spec chainSpec) (written []byte, used uint32) {
 	e.t.Helper()
 	head, wbufs := e.post(0, readable, writeLen, spec)
-	e.c.Notify(0)
+	e.drv.Notify(0)
 	h, n, ok := e.waitUsed(0, 5*time.Second)
 	if !ok {
-		e.t.Fatalf("request not completed (status %s)", virtio.StatusString(e.c.Status()))
+		e.t.Fatalf("request not completed (status %s)", virtio.StatusString(e.drv.Status()))
 	}
 	if h != head {
 		e.t.Fatalf("used head %d, want %d", h, head)

@@ -19,7 +19,9 @@ func zeroed(n int) []byte { return make([]byte, n) }
 // TestRequests drives every request type and status path through a guest
 // ring, with varied descriptor layouts, and checks the status byte, the
 // used length, the data returned and the image afterwards.
-func TestRequests(t *testing.T) {
+func TestRequests(t *testing.T) { forTransports(t, testRequests) }
+
+func testRequests(t *testing.T, tr transport) {
 	orig := pattern(testImage)
 	data1k := bytes.Repeat([]byte("0123456789abcdef"), 64) // 1024 bytes
 	data4k := bytes.Repeat([]byte("write in many segments!"), 179)[:4096]
@@ -204,7 +206,7 @@ func TestRequests(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newEnv(t, envConfig{opts: tt.opts, acked: tt.acked})
+			e := newEnv(t, envConfig{transport: tr, opts: tt.opts, acked: tt.acked})
 			spec := simple(tt.readable, tt.writeLen)
 			if tt.spec != nil {
 				spec = *tt.spec
@@ -228,9 +230,10 @@ func TestRequests(t *testing.T) {
 			if tt.stats != nil {
 				tt.stats(t, e.dev.Stats())
 			}
-			if s := e.c.Status(); s&virtio.StatusNeedsReset != 0 {
+			if s := e.drv.Status(); s&virtio.StatusNeedsReset != 0 {
 				t.Errorf("device needs reset: %s", virtio.StatusString(s))
 			}
+			e.checkTransport()
 		})
 	}
 }
@@ -245,7 +248,9 @@ func trunc(b []byte) []byte {
 // TestUnrecoverable checks that a request without a status byte sets
 // DEVICE_NEEDS_RESET, is never completed, stops the queue, and that a reset
 // brings the device back.
-func TestUnrecoverable(t *testing.T) {
+func TestUnrecoverable(t *testing.T) { forTransports(t, testUnrecoverable) }
+
+func testUnrecoverable(t *testing.T, tr transport) {
 	tests := []struct {
 		name      string
 		writeSegs []int
@@ -255,7 +260,7 @@ func TestUnrecoverable(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newEnv(t, envConfig{})
+			e := newEnv(t, envConfig{transport: tr})
 			total := 0
 			for _, n := range tt.writeSegs {
 				total += n
@@ -263,24 +268,26 @@ func TestUnrecoverable(t *testing.T) {
 			// A good request first, in the same batch: it completes.
 			good, _ := e.post(0, hdr(TypeFlush, 0), 1, simple(hdr(TypeFlush, 0), 1))
 			e.post(0, hdr(TypeIn, 0), total, chainSpec{readSegs: []int{16}, writeSegs: tt.writeSegs})
-			e.c.Notify(0)
+			e.drv.Notify(0)
 			h, _, ok := e.waitUsed(0, 5*time.Second)
 			if !ok || h != good {
 				t.Fatalf("good request: used %d %v", h, ok)
 			}
 			deadline := time.Now().Add(5 * time.Second)
-			for e.c.Status()&virtio.StatusNeedsReset == 0 {
+			for e.drv.Status()&virtio.StatusNeedsReset == 0 {
 				if time.Now().After(deadline) {
 					t.Fatal("NEEDS_RESET not set")
 				}
 				time.Sleep(time.Millisecond)
 			}
-			if e.irq.config.Load() == 0 {
+			select { // (the status is set before the interrupt leaves)
+			case <-e.irq.WaitConfig():
+			case <-time.After(5 * time.Second):
 				t.Error("no configuration interrupt")
 			}
 			// The queue is stopped: a later good request is ignored.
 			e.post(0, hdr(TypeFlush, 0), 1, simple(hdr(TypeFlush, 0), 1))
-			e.c.Notify(0)
+			e.drv.Notify(0)
 			if _, _, ok := e.waitUsed(0, 100*time.Millisecond); ok {
 				t.Fatal("queue still served after NEEDS_RESET")
 			}
@@ -288,8 +295,8 @@ func TestUnrecoverable(t *testing.T) {
 				t.Errorf("stats %v", s)
 			}
 			// Reset and start again.
-			e.c.SetStatus(0)
-			e.start(e.c.OfferedFeatures(false))
+			e.drv.Reset()
+			e.start(e.drv.DeviceFeatures())
 			got, _ := e.do(hdr(TypeIn, 1), 513, simple(hdr(TypeIn, 1), 513))
 			if got[512] != StatusOK || !bytes.Equal(got[:512], pattern(testImage)[512:1024]) {
 				t.Fatal("request after reset failed")
@@ -300,7 +307,9 @@ func TestUnrecoverable(t *testing.T) {
 
 // TestFlushWaitsForSync checks that a FLUSH is completed only after
 // fdatasync has returned, and that writes before it are completed in order.
-func TestFlushWaitsForSync(t *testing.T) {
+func TestFlushWaitsForSync(t *testing.T) { forTransports(t, testFlushWaitsForSync) }
+
+func testFlushWaitsForSync(t *testing.T, tr transport) {
 	release := make(chan struct{})
 	entered := make(chan struct{}, 1)
 	hb := &hookBackend{}
@@ -309,11 +318,11 @@ func TestFlushWaitsForSync(t *testing.T) {
 		<-release
 		return nil
 	}
-	e := newEnv(t, envConfig{wrap: func(b backend) backend { hb.backend = b; return hb }})
+	e := newEnv(t, envConfig{transport: tr, wrap: func(b backend) backend { hb.backend = b; return hb }})
 	data := bytes.Repeat([]byte{0x5a}, 512)
 	wHead, _ := e.post(0, cat(hdr(TypeOut, 1), data), 1, simple(cat(hdr(TypeOut, 1), data), 1))
 	fHead, fBufs := e.post(0, hdr(TypeFlush, 0), 1, simple(hdr(TypeFlush, 0), 1))
-	e.c.Notify(0)
+	e.drv.Notify(0)
 	select {
 	case <-entered:
 	case <-time.After(5 * time.Second):
@@ -341,7 +350,9 @@ func TestFlushWaitsForSync(t *testing.T) {
 
 // TestWriteThrough checks that without VIRTIO_BLK_F_FLUSH every write is
 // synced before it completes, and that with it writes are not.
-func TestWriteThrough(t *testing.T) {
+func TestWriteThrough(t *testing.T) { forTransports(t, testWriteThrough) }
+
+func testWriteThrough(t *testing.T, tr transport) {
 	for _, flush := range []bool{false, true} {
 		hb := &hookBackend{}
 		acked := func(f uint64) uint64 {
@@ -357,7 +368,7 @@ func TestWriteThrough(t *testing.T) {
 			completedBeforeSync = completedBeforeSync || e.rings[0].UsedIdx() != usedBefore
 			return nil
 		}
-		e = newEnv(t, envConfig{acked: acked, wrap: func(b backend) backend { hb.backend = b; return hb }})
+		e = newEnv(t, envConfig{transport: tr, acked: acked, wrap: func(b backend) backend { hb.backend = b; return hb }})
 		req := cat(hdr(TypeOut, 1), bytes.Repeat([]byte{1}, 512))
 		usedBefore = 0
 		got, _ := e.do(req, 1, simple(req, 1))
@@ -384,9 +395,11 @@ func TestWriteThrough(t *testing.T) {
 
 // TestSyncFailure checks that a failed fdatasync fails the flush and every
 // later write and flush, while reads keep working.
-func TestSyncFailure(t *testing.T) {
+func TestSyncFailure(t *testing.T) { forTransports(t, testSyncFailure) }
+
+func testSyncFailure(t *testing.T, tr transport) {
 	hb := &hookBackend{onSync: func() error { return unix.EIO }}
-	e := newEnv(t, envConfig{wrap: func(b backend) backend { hb.backend = b; return hb }})
+	e := newEnv(t, envConfig{transport: tr, wrap: func(b backend) backend { hb.backend = b; return hb }})
 	flush := hdr(TypeFlush, 0)
 	if got, _ := e.do(flush, 1, simple(flush, 1)); got[0] != StatusIOErr {
 		t.Fatalf("flush status %d, want IOERR", got[0])
@@ -414,13 +427,15 @@ func TestSyncFailure(t *testing.T) {
 }
 
 // TestHostIOError checks that backend errors become IOERR.
-func TestHostIOError(t *testing.T) {
+func TestHostIOError(t *testing.T) { forTransports(t, testHostIOError) }
+
+func testHostIOError(t *testing.T, tr transport) {
 	hb := &hookBackend{
 		onPreadv:  func() error { return unix.EIO },
 		onPwritev: func() error { return unix.ENOSPC },
 		onPunch:   func() error { return unix.EIO },
 	}
-	e := newEnv(t, envConfig{wrap: func(b backend) backend { hb.backend = b; return hb }})
+	e := newEnv(t, envConfig{transport: tr, wrap: func(b backend) backend { hb.backend = b; return hb }})
 	reqs := []struct {
 		readable []byte
 		writeLen int
@@ -444,8 +459,10 @@ func TestHostIOError(t *testing.T) {
 // TestShortImage checks a file truncated under the device: reads past the
 // new end fail instead of returning garbage, and writes do not extend the
 // file past the capacity.
-func TestShortImage(t *testing.T) {
-	e := newEnv(t, envConfig{})
+func TestShortImage(t *testing.T) { forTransports(t, testShortImage) }
+
+func testShortImage(t *testing.T, tr transport) {
+	e := newEnv(t, envConfig{transport: tr})
 	if err := unix.Truncate(e.path, testImage/2); err != nil {
 		t.Fatal(err)
 	}
@@ -457,14 +474,16 @@ func TestShortImage(t *testing.T) {
 
 // TestWriteZeroesFallback checks write-zeroes and discard on a file system
 // that refuses fallocate modes (EOPNOTSUPP).
-func TestWriteZeroesFallback(t *testing.T) {
+func TestWriteZeroesFallback(t *testing.T) { forTransports(t, testWriteZeroesFallback) }
+
+func testWriteZeroesFallback(t *testing.T, tr transport) {
 	var punches, zeroes int
 	hb := &hookBackend{
 		onPunch: func() error { punches++; return unix.EOPNOTSUPP },
 		onZero:  func() error { zeroes++; return unix.EOPNOTSUPP },
 	}
 	orig := pattern(4 << 20)
-	e := newEnv(t, envConfig{image: orig, wrap: func(b backend) backend { hb.backend = b; return hb }})
+	e := newEnv(t, envConfig{transport: tr, image: orig, wrap: func(b backend) backend { hb.backend = b; return hb }})
 	// A range larger than the fallback's chunk, unaligned to it.
 	const start, n = 3, 2500
 	for i, flags := range []uint32{FlagUnmap, 0} {
@@ -492,15 +511,17 @@ func TestWriteZeroesFallback(t *testing.T) {
 
 // TestBatch posts many requests with one notification; all complete, with
 // fewer interrupts than requests.
-func TestBatch(t *testing.T) {
-	e := newEnv(t, envConfig{opts: Options{QueueSize: 512}})
+func TestBatch(t *testing.T) { forTransports(t, testBatch) }
+
+func testBatch(t *testing.T, tr transport) {
+	e := newEnv(t, envConfig{transport: tr, opts: Options{QueueSize: 512}})
 	const n = 200
 	heads := map[uint16]bool{}
 	for i := 0; i < n; i++ {
 		h, _ := e.post(0, hdr(TypeIn, uint64(i)), 513, chainSpec{readSegs: []int{16}, writeSegs: []int{513}})
 		heads[h] = true
 	}
-	e.c.Notify(0)
+	e.drv.Notify(0)
 	for i := 0; i < n; i++ {
 		h, used, ok := e.waitUsed(0, 5*time.Second)
 		if !ok || !heads[h] || used != 513 {
@@ -511,26 +532,36 @@ func TestBatch(t *testing.T) {
 	if s := e.dev.Stats(); s.Reads != n || s.BytesRead != n*512 {
 		t.Errorf("stats %v", s)
 	}
-	if irqs := e.irq.queue.Load(); irqs == 0 || irqs > n/2 {
+	select { // the interrupt leaves after the used index is published
+	case <-e.irq.Wait(0):
+	case <-time.After(5 * time.Second):
+	}
+	if irqs := e.irq.Count(0); irqs == 0 || irqs > n/2 {
 		t.Errorf("%d interrupts for %d requests", irqs, n)
 	}
+	if !tr.intx && e.irq.Deliveries(1) != e.irq.Count(0) {
+		t.Errorf("queue 0 vector sent %d messages, %d interrupts counted", e.irq.Deliveries(1), e.irq.Count(0))
+	}
+	e.checkTransport()
 }
 
 // TestMultiQueue serves requests on the second queue when MQ is negotiated.
-func TestMultiQueue(t *testing.T) {
-	e := newEnv(t, envConfig{opts: Options{Queues: 2}})
+func TestMultiQueue(t *testing.T) { forTransports(t, testMultiQueue) }
+
+func testMultiQueue(t *testing.T, tr transport) {
+	e := newEnv(t, envConfig{transport: tr, opts: Options{Queues: 2}})
 	if len(e.rings) != 2 {
 		t.Fatalf("%d rings", len(e.rings))
 	}
 	var cfg [2]byte
-	e.dev.ReadConfig(cfgNumQueues, cfg[:])
+	e.drv.ReadConfig(cfgNumQueues, cfg[:])
 	if cfg != [2]byte{2, 0} {
 		t.Fatalf("num_queues %v", cfg)
 	}
 	for q := 0; q < 2; q++ {
 		in := hdr(TypeIn, uint64(q))
 		head, bufs := e.post(q, in, 513, simple(in, 513))
-		e.c.Notify(q)
+		e.drv.Notify(q)
 		h, _, ok := e.waitUsed(q, 5*time.Second)
 		if !ok || h != head {
 			t.Fatalf("queue %d: used %d %v", q, h, ok)
@@ -544,7 +575,9 @@ func TestMultiQueue(t *testing.T) {
 
 // TestResetDuringLongRequest checks that Reset does not wait for a long
 // write-zeroes fallback to finish.
-func TestResetDuringLongRequest(t *testing.T) {
+func TestResetDuringLongRequest(t *testing.T) { forTransports(t, testResetDuringLongRequest) }
+
+func testResetDuringLongRequest(t *testing.T, tr transport) {
 	started := make(chan struct{}, 1)
 	hb := &hookBackend{
 		onZero: func() error { return unix.EOPNOTSUPP },
@@ -557,13 +590,13 @@ func TestResetDuringLongRequest(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 		return nil
 	}
-	e := newEnv(t, envConfig{image: make([]byte, 16<<20), wrap: func(b backend) backend { hb.backend = b; return hb }})
+	e := newEnv(t, envConfig{transport: tr, image: make([]byte, 16<<20), wrap: func(b backend) backend { hb.backend = b; return hb }})
 	req := cat(hdr(TypeWriteZeroes, 0), seg(0, 1<<15, 0)) // 16 MiB: 16 slow 1 MiB writes
 	e.post(0, req, 1, simple(req, 1))
-	e.c.Notify(0)
+	e.drv.Notify(0)
 	<-started
 	t0 := time.Now()
-	e.c.SetStatus(0)
+	e.drv.Reset()
 	if d := time.Since(t0); d > 500*time.Millisecond {
 		t.Fatalf("reset took %v", d)
 	}
