@@ -33,6 +33,10 @@ func repoRoot() string {
 func govmd(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
+		if b := os.Getenv("GOVMD_BIN"); b != "" {
+			govmdBin = b // prebuilt, e.g. inside the nested-KVM VM
+			return
+		}
 		dir, err := os.MkdirTemp("", "govmd-e2e-bin-")
 		if err != nil {
 			buildErr = err
@@ -56,7 +60,11 @@ func govmd(t *testing.T) string {
 // images have not been built.
 func image(t *testing.T, rel string) string {
 	t.Helper()
-	p := filepath.Join(repoRoot(), "images", "out", rel)
+	dir := os.Getenv("GOVMD_IMAGES")
+	if dir == "" {
+		dir = filepath.Join(repoRoot(), "images", "out")
+	}
+	p := filepath.Join(dir, rel)
 	if _, err := os.Stat(p); err != nil {
 		if os.Getenv("GOVMD_E2E_REQUIRE") != "" {
 			t.Fatalf("test image %s missing (run make images): %v", p, err)
@@ -98,10 +106,21 @@ type Guest struct {
 // reads. The process is killed when the test ends.
 func Start(t *testing.T, args ...string) *Guest {
 	t.Helper()
+	return StartIn(t, "", args...)
+}
+
+// StartIn is Start with govmd running in network namespace ns (ip netns
+// exec), or in the test's namespace if ns is empty.
+func StartIn(t *testing.T, ns string, args ...string) *Guest {
+	t.Helper()
 	requireKVM(t)
 	bin := govmd(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, args...)
+	argv := append([]string{bin}, args...)
+	if ns != "" {
+		argv = append([]string{"ip", "netns", "exec", ns}, argv...)
+	}
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Stdin = nil
 	g := &Guest{t: t, cmd: cmd, start: time.Now()}
 	g.cond = sync.NewCond(&g.mu)
@@ -112,7 +131,7 @@ func Start(t *testing.T, args ...string) *Guest {
 	cmd.Stderr = &lockedWriter{w: &g.stderr, mu: &g.mu}
 	logPath := filepath.Join(t.TempDir(), "console.log")
 	g.log, _ = os.Create(logPath)
-	t.Logf("govmd %s", strings.Join(args, " "))
+	t.Logf("%s", strings.Join(argv, " "))
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 SUDO=
 [ "$(id -u)" = 0 ] || SUDO=sudo
-PKGS="ethtool iproute2 kmod procps curl unzip ca-certificates qemu-system-x86 qemu-utils busybox-static cpio"
+PKGS="ethtool iproute2 iputils-ping kmod procps curl unzip ca-certificates qemu-system-x86 qemu-utils busybox-static cpio"
 
 missing=()
 for p in $PKGS; do

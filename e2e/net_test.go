@@ -1,0 +1,263 @@
+package e2e
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/govmd/govmd/internal/harness"
+)
+
+// Addresses inside each test's network namespace.
+const (
+	hostIP   = "10.77.0.1"
+	guestIP  = "10.77.0.2"
+	tapName  = "gvtap0"
+	rxPort   = 5001 // the guest listens (tcp-rx)
+	txPort   = 5002 // the host listens (tcp-tx)
+	tcpBytes = 4 << 20
+)
+
+// Feature bits as the guest prints them (/sys/bus/virtio/devices/*/features:
+// character i is bit i).
+const (
+	bitCsum      = 0
+	bitGuestCsum = 1
+	bitGuestTSO4 = 7
+	bitGuestTSO6 = 8
+	bitHostTSO4  = 11
+	bitMrgRxbuf  = 15
+	bitCtrlVQ    = 17
+	bitCtrlGOff  = 2
+	bitVersion1  = 32
+)
+
+// pattern returns the first n bytes of the agent's test stream.
+func pattern(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i % 251)
+	}
+	return b
+}
+
+func hexSHA(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// netCase is one real-guest network run.
+type netCase struct {
+	name        string
+	transport   string // govmd --net transport=
+	offload     string // govmd --net offload=
+	forceLegacy bool   // virtio_pci.force_legacy=1: the Linux legacy driver on a transitional device
+	offloadsOff bool   // the guest turns its receive offloads off at run time
+	ci          bool   // part of `make test` (the rest runs in `make e2e`)
+}
+
+var netCases = []netCase{
+	{name: "transitional-modern-on", transport: "transitional", offload: "on", offloadsOff: true, ci: true},
+	{name: "transitional-legacy-on", transport: "transitional", offload: "on", forceLegacy: true, ci: true},
+	{name: "modern-csum", transport: "modern", offload: "csum"},
+	{name: "modern-off", transport: "modern", offload: "off"},
+	{name: "legacy-on", transport: "legacy", offload: "on", offloadsOff: true},
+	{name: "legacy-off", transport: "legacy", offload: "off"},
+	{name: "modern-on", transport: "modern", offload: "on", offloadsOff: true},
+}
+
+// TestNetGuest boots the test kernel with a virtio-net NIC on a tap in a
+// fresh network namespace and checks, in one boot: the features the guest
+// negotiated, that the tap's offloads are exactly what the guest accepts,
+// ping both ways, a TCP transfer each way with matching sha256, and (for
+// offloadsOff) that the tap follows when the guest turns its receive
+// offloads off through the control queue.
+func TestNetGuest(t *testing.T) {
+	for _, c := range netCases {
+		t.Run(c.name, func(t *testing.T) {
+			if !c.ci && !full() {
+				t.Skip("full matrix only (make e2e)")
+			}
+			runNetCase(t, c)
+		})
+	}
+}
+
+func runNetCase(t *testing.T, c netCase) {
+	harness.RequireNetAdmin(t)
+	requireKVM(t)
+	ns, err := harness.NewNS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	// A persistent tap with a vnet header that govmd opens as it is; it
+	// disappears with the namespace.
+	if err := ns.Do(func() error {
+		tap := &netlink.Tuntap{
+			LinkAttrs: netlink.LinkAttrs{Name: tapName},
+			Mode:      netlink.TUNTAP_MODE_TAP,
+			Flags:     netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR | netlink.TUNTAP_ONE_QUEUE,
+		}
+		if err := netlink.LinkAdd(tap); err != nil {
+			return fmt.Errorf("tap: %w", err)
+		}
+		l, err := netlink.LinkByName(tapName)
+		if err != nil {
+			return err
+		}
+		addr, _ := netlink.ParseAddr(hostIP + "/24")
+		if err := netlink.AddrAdd(l, addr); err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(l)
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The host's end of tcp-tx: accept one connection, hash what arrives.
+	txDone := make(chan string, 1)
+	var ln net.Listener
+	if err := ns.Do(func() (err error) {
+		ln, err = net.Listen("tcp4", fmt.Sprintf("%s:%d", hostIP, txPort))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			txDone <- "accept: " + err.Error()
+			return
+		}
+		defer conn.Close()
+		h := sha256.New()
+		n, err := io.Copy(h, conn)
+		if err != nil {
+			txDone <- "read: " + err.Error()
+			return
+		}
+		txDone <- fmt.Sprintf("%d %x", n, h.Sum(nil))
+	}()
+
+	steps := "ready,virtio,net,ping,tcp-rx,tcp-tx"
+	if c.offloadsOff {
+		steps += ",offloads-off,sleep"
+	}
+	extra := fmt.Sprintf("govmd.test=%s govmd.ip=%s/24 govmd.peer=%s govmd.tcp.port=%d govmd.tcp.txport=%d govmd.tcp.bytes=%d govmd.wait=5",
+		steps, guestIP, hostIP, rxPort, txPort, tcpBytes)
+	if c.forceLegacy {
+		extra += " virtio_pci.force_legacy=1"
+	}
+	g := StartIn(t, ns.Name, "run", "--kernel", image(t, "linux/vmlinux"), "--initrd", image(t, "initrd.cpio.gz"),
+		"--cmdline", cmdline(t, extra), "--cpus", "2", "--memory", "256M",
+		"--net", fmt.Sprintf("tap=%s,transport=%s,offload=%s", tapName, c.transport, c.offload))
+
+	g.Expect(`GOVMD-NET-UP`, bootTimeout)
+	feat := g.Results()["net.features"]
+	t.Logf("guest features %s", feat)
+	bit := func(i int) bool { return len(feat) > i && feat[i] == '1' }
+	legacyDriver := c.transport == "legacy" || c.forceLegacy
+	if bit(bitVersion1) == legacyDriver {
+		t.Errorf("VERSION_1 negotiated=%v with a %s driver", bit(bitVersion1), map[bool]string{true: "legacy", false: "modern"}[legacyDriver])
+	}
+	wantCsum := c.offload != "off"
+	wantTSO := c.offload == "on"
+	if bit(bitCsum) != wantCsum || bit(bitGuestCsum) != wantCsum {
+		t.Errorf("CSUM/GUEST_CSUM = %v/%v with offload=%s", bit(bitCsum), bit(bitGuestCsum), c.offload)
+	}
+	if bit(bitGuestTSO4) != wantTSO || bit(bitGuestTSO6) != wantTSO || bit(bitHostTSO4) != wantTSO {
+		t.Errorf("TSO bits %v/%v/%v with offload=%s", bit(bitGuestTSO4), bit(bitGuestTSO6), bit(bitHostTSO4), c.offload)
+	}
+	if !bit(bitMrgRxbuf) || !bit(bitCtrlVQ) {
+		t.Errorf("MRG_RXBUF or CTRL_VQ not negotiated: %s", feat)
+	}
+	checkTapOffloads(t, ns, wantCsum, wantTSO)
+
+	// Host -> guest ping while the guest is up.
+	if out, err := ns.Exec("ping", "-c", "3", "-W", "5", guestIP); err != nil {
+		t.Errorf("host ping of the guest: %v\n%s", err, out)
+	}
+	// Host -> guest TCP.
+	g.Expect(`GOVMD-TCP-LISTENING port=`, 2*time.Minute)
+	data := pattern(tcpBytes)
+	if err := ns.Do(func() error {
+		conn, err := net.DialTimeout("tcp4", fmt.Sprintf("%s:%d", guestIP, rxPort), 30*time.Second)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(5 * time.Minute))
+		_, err = conn.Write(data)
+		return err
+	}); err != nil {
+		t.Fatalf("sending to the guest: %v", err)
+	}
+	g.Expect(`GOVMD-STEP tcp-rx status=`, 5*time.Minute)
+	g.Expect(`GOVMD-STEP tcp-tx status=`, 5*time.Minute)
+	res := g.Results()
+	if res["ping.received"] == "" || res["ping.received"] == "0" {
+		t.Errorf("guest ping of the host: %s of %s received", res["ping.received"], res["ping.transmitted"])
+	}
+	if got := res["tcp.rx.sha256"]; got != hexSHA(data) || res["tcp.rx.bytes"] != fmt.Sprint(tcpBytes) {
+		t.Errorf("host->guest TCP: guest got %s bytes sha256 %s, sent %d sha256 %s", res["tcp.rx.bytes"], got, tcpBytes, hexSHA(data))
+	}
+	select {
+	case got := <-txDone:
+		if want := fmt.Sprintf("%d %s", tcpBytes, hexSHA(data)); got != want {
+			t.Errorf("guest->host TCP: host got %q, want %q", got, want)
+		}
+		if res["tcp.tx.sha256"] != hexSHA(data) {
+			t.Errorf("guest reports sending sha256 %s", res["tcp.tx.sha256"])
+		}
+	case <-time.After(time.Minute):
+		t.Error("guest->host TCP: no complete connection")
+	}
+
+	if c.offloadsOff {
+		g.Expect(`GOVMD-OFFLOADS-OFF`, 2*time.Minute)
+		// Linux turns off GRO_HW with ip_forward=1, i.e. the guest no
+		// longer accepts TSO; checksum offload stays.
+		checkTapOffloads(t, ns, wantCsum, false)
+	}
+	g.Expect(`GOVMD-DONE status=0`, 2*time.Minute)
+	if st := g.Wait(time.Minute); st != 0 {
+		t.Fatalf("govmd exit status %d\n%s", st, g.Stderr())
+	}
+	if !strings.Contains(g.Stderr(), "nic stats") {
+		t.Errorf("govmd printed no NIC counters at exit:\n%s", g.Stderr())
+	}
+}
+
+// checkTapOffloads compares the tap's ethtool -k view with what the guest
+// accepts: tx-checksumming is what the kernel may hand the guest partially
+// checksummed, tcp-segmentation-offload whether it may hand it TSO frames.
+func checkTapOffloads(t *testing.T, ns *harness.NS, csum, tso bool) {
+	t.Helper()
+	out, err := ns.Exec("ethtool", "-k", tapName)
+	if err != nil {
+		t.Errorf("ethtool -k: %v", err)
+		return
+	}
+	feats := map[string]string{}
+	for _, l := range strings.Split(out, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(l), ": "); ok {
+			feats[k] = strings.Fields(v)[0]
+		}
+	}
+	onoff := map[bool]string{true: "on", false: "off"}
+	if feats["tx-checksumming"] != onoff[csum] {
+		t.Errorf("tap tx-checksumming %q, want %s", feats["tx-checksumming"], onoff[csum])
+	}
+	if feats["tcp-segmentation-offload"] != onoff[tso] {
+		t.Errorf("tap tcp-segmentation-offload %q, want %s", feats["tcp-segmentation-offload"], onoff[tso])
+	}
+}
