@@ -115,9 +115,20 @@ func (m *Memory) Size() uint64 {
 // entirely inside one region. n may be zero (the address must still be
 // inside a region, or exactly at its end).
 func (m *Memory) Slice(gpa, n uint64) ([]byte, error) {
-	// Binary search for the last region starting at or below gpa.
+	// Binary search for the last region starting at or below gpa (by hand:
+	// sort.Search's closure is not inlined, and this is on every data
+	// path's per-buffer path).
 	rs := m.regions
-	i := sort.Search(len(rs), func(i int) bool { return rs[i].GPA > gpa }) - 1
+	lo, hi := 0, len(rs)
+	for lo < hi {
+		mid := int(uint(lo+hi) >> 1)
+		if rs[mid].GPA > gpa {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	i := lo - 1
 	if i < 0 {
 		return nil, fmt.Errorf("%w: %#x+%#x", ErrRange, gpa, n)
 	}

@@ -93,3 +93,35 @@ func FuzzSlice(f *testing.F) {
 		}
 	})
 }
+
+// TestSliceRegionSearch checks the region lookup against a linear scan,
+// for every region of a memory with several, at and around their edges.
+func TestSliceRegionSearch(t *testing.T) {
+	var regions []Region
+	// The fourth and fifth regions are adjacent.
+	for i, gpa := range []uint64{0x1000, 0x3000, 0x8000, 0xa000, 0xc000, 0x100000} {
+		regions = append(regions, Region{GPA: gpa, Host: make([]byte, 0x800*(i+1))})
+	}
+	m := FromBytes(regions...)
+	linear := func(gpa uint64) (int, bool) {
+		for i, r := range regions {
+			if gpa >= r.GPA && gpa < r.GPA+uint64(len(r.Host)) {
+				return i, true
+			}
+		}
+		return 0, false
+	}
+	for _, r := range regions {
+		end := r.GPA + uint64(len(r.Host))
+		for _, gpa := range []uint64{0, r.GPA - 1, r.GPA, r.GPA + 1, end - 1, end, end + 1} {
+			b, err := m.Slice(gpa, 1)
+			i, ok := linear(gpa)
+			if ok != (err == nil) {
+				t.Fatalf("Slice(%#x, 1): err %v, want in region: %v", gpa, err, ok)
+			}
+			if ok && &b[0] != &regions[i].Host[gpa-regions[i].GPA] {
+				t.Fatalf("Slice(%#x, 1) is not backed by region %d", gpa, i)
+			}
+		}
+	}
+}
