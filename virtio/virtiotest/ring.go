@@ -42,8 +42,7 @@ type Ring struct {
 	Desc, Avail, Used  uint64
 	availIdx, lastUsed uint16
 	free               []uint16
-	chainLen           map[uint16]int
-	indirectTables     map[uint16]bool
+	chainLen           []int // by head: descriptors of the posted chain, 0 when none
 }
 
 // NewRing lays out a ring of size entries at base (4 KiB aligned) in the
@@ -56,8 +55,7 @@ func NewRing(mem *memory.Memory, size uint16, base uint64) *Ring {
 	for i := 0; i < int(size); i++ {
 		r.free = append(r.free, uint16(i))
 	}
-	r.chainLen = map[uint16]int{}
-	r.indirectTables = map[uint16]bool{}
+	r.chainLen = make([]int, size)
 	zero := make([]byte, r.Used+6+8*n-base)
 	_ = mem.WriteAt(zero, base)
 	return r
@@ -194,8 +192,9 @@ func (r *Ring) PopUsed() (head uint16, n uint32, ok bool) {
 	n, _ = r.Mem.Uint32(r.Used + 4 + 8*slot + 4)
 	r.lastUsed++
 	head = uint16(id)
-	if c, known := r.chainLen[head]; known {
-		delete(r.chainLen, head)
+	if int(head) < len(r.chainLen) && r.chainLen[head] > 0 {
+		c := r.chainLen[head]
+		r.chainLen[head] = 0
 		idx := head
 		for i := 0; i < c; i++ {
 			r.free = append(r.free, idx)
