@@ -133,6 +133,9 @@ type NIC struct {
 	txPrev   uint16
 	txBufs   []virtiotest.Buf
 
+	// Timers of the receive side's and the transmit side's waits.
+	rxTimer, txTimer waitTimer
+
 	ctrl     *virtiotest.Ring
 	ctrlBuf  uint64
 	ctrlPrev uint16
@@ -642,7 +645,7 @@ func (n *NIC) ReclaimTx() int {
 // freeTxSlot returns a free transmit buffer, reclaiming completed ones
 // and waiting for the device if there is none.
 func (n *NIC) freeTxSlot(timeout time.Duration, done <-chan struct{}) (int, error) {
-	var deadline <-chan time.Time
+	var deadline time.Time
 	for {
 		need := len(n.Cfg.TxLayout) + 2 // descriptors of the longest chain
 		if len(n.txFree) == 0 || n.tx.Free() < need {
@@ -653,10 +656,11 @@ func (n *NIC) freeTxSlot(timeout time.Duration, done <-chan struct{}) (int, erro
 			n.txFree = n.txFree[:len(n.txFree)-1]
 			return s, nil
 		}
-		if deadline == nil {
-			t := time.NewTimer(timeout)
-			defer t.Stop()
-			deadline = t.C
+		now := time.Now()
+		if deadline.IsZero() {
+			deadline = now.Add(timeout)
+		} else if now.After(deadline) {
+			return 0, fmt.Errorf("no transmit buffer completed within %v", timeout)
 		}
 		n.kickTx() // chains posted but not yet published must reach the device
 		if n.eventIdx && n.tx.ArmUsedEvent() {
@@ -664,13 +668,26 @@ func (n *NIC) freeTxSlot(timeout time.Duration, done <-chan struct{}) (int, erro
 		}
 		select {
 		case <-n.IRQ.Wait(vnet.TxQueue):
-		case <-time.After(time.Millisecond):
+		case <-n.txTimer.after(time.Millisecond):
 		case <-done:
 			return 0, errStopped
-		case <-deadline:
-			return 0, fmt.Errorf("no transmit buffer completed within %v", timeout)
 		}
 	}
+}
+
+// waitTimer is a timer reused for every wait of one goroutine, so that
+// waiting allocates nothing.
+type waitTimer struct{ t *time.Timer }
+
+// after returns a channel that receives once d has passed. A previous
+// wait's timer is re-armed (it never delivers a stale expiry).
+func (w *waitTimer) after(d time.Duration) <-chan time.Time {
+	if w.t == nil {
+		w.t = time.NewTimer(d)
+	} else {
+		w.t.Reset(d)
+	}
+	return w.t.C
 }
 
 // WaitTxDone waits until every posted transmit chain is completed.
@@ -818,12 +835,19 @@ func (n *NIC) PostTx(length int, timeout time.Duration) error {
 // asked for it.
 func (n *NIC) KickTx() { n.kickTx() }
 
+// rxRefill is how many reposted receive buffers DrainRx publishes at a
+// time: like Linux's virtio_net, which refills the ring once more than
+// min(NAPI budget, ring size)/2 = 32 descriptors are free, so that the
+// device does not wait for the whole ring to be drained.
+const rxRefill = 32
+
 // DrainRx takes every received frame off the used ring, checks its header,
 // calls fn (which must not keep the header or length beyond the call) and
-// gives the buffers back; it publishes them and notifies the device once at
-// the end. It returns how many frames it took. It does not wait.
+// gives the buffers back; it publishes them (notifying the device if it
+// asked for it) every rxRefill buffers and at the end. It returns how many
+// frames it took. It does not wait.
 func (n *NIC) DrainRx(fn func(h vnet.Header, frameLen int)) (int, error) {
-	k := 0
+	k, reposted := 0, 0
 	defer n.kickRx()
 	for {
 		h, l, err := n.nextRx()
@@ -838,10 +862,12 @@ func (n *NIC) DrainRx(fn func(h vnet.Header, frameLen int)) (int, error) {
 		if fn != nil {
 			fn(h, l)
 		}
+		reposted += len(n.rxHeld)
 		n.repostRx()
 		k++
-		if k%32 == 0 {
+		if reposted >= rxRefill {
 			n.kickRx()
+			reposted = 0
 		}
 	}
 }
@@ -852,10 +878,8 @@ func (n *NIC) WaitRx(timeout time.Duration) {
 	if n.rx.UsedIdx() != n.rx.Consumed() || (n.eventIdx && n.rx.ArmUsedEvent()) {
 		return
 	}
-	t := time.NewTimer(timeout)
-	defer t.Stop()
 	select {
 	case <-n.IRQ.Wait(vnet.RxQueue):
-	case <-t.C:
+	case <-n.rxTimer.after(timeout):
 	}
 }
