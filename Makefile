@@ -1,7 +1,7 @@
 # govmd top-level Makefile. Keep targets thin: each calls a script or go.
 #
 #   make setup    install build/test dependencies (Debian), build govmd and the test images
-#   make test     the CI suite: gofmt, vet, unit/harness/KVM tests with -race, fuzz seeds, e2e subset
+#   make test     the CI suite: gofmt, vet, every test with -race, fuzz seeds, then the KVM and e2e-subset tests
 #   make e2e      the full real-guest matrix (slow under software-nested KVM)
 #   make bench    benchmarks; writes docs/bench.md
 #   make fuzz     run every fuzz target for FUZZTIME each
@@ -9,7 +9,7 @@
 GO ?= go
 FUZZTIME ?= 30s
 
-.PHONY: setup deps build images test lint unit e2e bench fuzz clean
+.PHONY: setup deps build images test lint unit kvmtest e2e bench fuzz clean
 
 setup: deps build images
 
@@ -24,7 +24,7 @@ build:
 images:
 	images/build.sh
 
-test: lint unit
+test: lint unit kvmtest
 
 lint:
 	scripts/lint.sh
@@ -34,8 +34,14 @@ lint:
 unit:
 	$(GO) test -race -count=1 -timeout 60m ./...
 
+# The tests that need KVM, with GOVMD_E2E_REQUIRE=1 (no skipping): natively
+# with a usable /dev/kvm, else inside nested KVM on QEMU TCG.
+kvmtest:
+	scripts/kvmtests.sh
+
+# The full real-guest matrix (every transport x offload, the Debian kernel).
 e2e:
-	GOVMD_E2E=full $(GO) test -count=1 -timeout 120m -v ./e2e/
+	GOVMD_E2E=full scripts/kvmtests.sh
 
 bench:
 	scripts/bench.sh

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -41,4 +42,51 @@ func TestBootReady(t *testing.T) {
 			t.Logf("GOVMD-READY at guest uptime %ss, %.1fs wall", m[1], time.Since(g.start).Seconds())
 		})
 	}
+}
+
+// TestBootDebian boots Debian's stock cloud kernel (its virtio modules in
+// the initramfs) with a NIC and a disk and checks that it reaches
+// userspace and binds both virtio drivers.
+func TestBootDebian(t *testing.T) {
+	if !full() {
+		t.Skip("full matrix only (make e2e)")
+	}
+	img := writeImage(t, 1<<20)
+	g := Start(t, "run", "--kernel", image(t, "debian/vmlinux"), "--initrd", image(t, "debian/initrd.cpio.gz"),
+		"--cmdline", cmdline(t, "govmd.test=ready,virtio"), "--cpus", "2", "--memory", "512M",
+		"--disk", img)
+	m := g.Expect(`GOVMD-READY uptime=([0-9.]+) cpus=([0-9]+)`, 2*bootTimeout)
+	if m[2] != "2" {
+		t.Errorf("guest saw %s CPUs, want 2", m[2])
+	}
+	g.Expect(`GOVMD-DONE status=0`, time.Minute)
+	res := g.Results()
+	found := false
+	for k, v := range res {
+		if strings.HasSuffix(k, ".block") && v == "vda" {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("the Debian kernel's virtio_blk did not bind: %v", res)
+	}
+	for k, v := range res {
+		if strings.HasPrefix(k, "insmod.") {
+			t.Errorf("module %s: %s", k, v)
+		}
+	}
+	if st := g.Wait(time.Minute); st != 0 {
+		t.Fatalf("govmd exit status %d\n%s", st, g.Stderr())
+	}
+	t.Logf("Debian kernel: GOVMD-READY at guest uptime %ss, %.1fs wall", m[1], time.Since(g.start).Seconds())
+}
+
+// writeImage creates a zeroed raw disk image of size bytes.
+func writeImage(t *testing.T, size int) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(p, make([]byte, size), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

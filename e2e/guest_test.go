@@ -86,6 +86,10 @@ func requireKVM(t *testing.T) {
 	f.Close()
 }
 
+// consoleEcho (GOVMD_E2E_CONSOLE=1) copies every guest console line to
+// stdout as it arrives, for watching slow runs.
+var consoleEcho = os.Getenv("GOVMD_E2E_CONSOLE") != ""
+
 func full() bool { return os.Getenv("GOVMD_E2E") == "full" }
 
 // Guest is one running govmd process.
@@ -170,6 +174,9 @@ func (g *Guest) read(r io.Reader) {
 	for sc.Scan() {
 		line := strings.TrimRight(sc.Text(), "\r")
 		fmt.Fprintf(g.log, "%7.1fs %s\n", time.Since(g.start).Seconds(), line)
+		if consoleEcho {
+			fmt.Printf("console %7.1fs %s\n", time.Since(g.start).Seconds(), line)
+		}
 		g.mu.Lock()
 		g.lines = append(g.lines, line)
 		g.cond.Broadcast()

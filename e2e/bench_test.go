@@ -1,0 +1,161 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// BenchmarkBootReady boots the test kernel (PVH vmlinux, 2 vCPUs, 256 MiB)
+// to the agent's GOVMD-READY line with govmd and with QEMU on the same
+// KVM, kernel, initramfs and command line, and reports the median wall
+// time to GOVMD-READY, the median guest uptime at that line and the median
+// peak RSS of the VMM process. QEMU runs with qboot (its fastest firmware
+// for a direct kernel boot) and -nodefaults.
+func BenchmarkBootReady(b *testing.B) {
+	requireKVMB(b)
+	vmlinux := imageB(b, "linux/vmlinux")
+	initrd := imageB(b, "initrd.cpio.gz")
+	base, err := os.ReadFile(imageB(b, "cmdline"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	line := strings.TrimSpace(string(base)) + " govmd.test=ready"
+	vmms := map[string][]string{
+		"govmd": {govmdB(b), "run", "--kernel", vmlinux, "--initrd", initrd, "--cmdline", line,
+			"--cpus", "2", "--memory", "256M", "--log-level", "warn"},
+		"qemu": {"qemu-system-x86_64", "-enable-kvm", "-cpu", "host", "-smp", "2", "-m", "256",
+			"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
+			"-bios", qbootROM(), "-kernel", vmlinux, "-initrd", initrd, "-append", line},
+	}
+	for _, name := range []string{"govmd", "qemu"} {
+		argv := vmms[name]
+		b.Run(name, func(b *testing.B) {
+			if name == "qemu" {
+				if _, err := exec.LookPath(argv[0]); err != nil {
+					b.Skipf("no QEMU: %v", err)
+				}
+			}
+			var wall, uptime, rss []float64
+			for i := 0; i < b.N; i++ {
+				w, u, r, err := bootOnce(argv)
+				if err != nil {
+					b.Fatalf("%s: %v", name, err)
+				}
+				wall, uptime, rss = append(wall, w), append(uptime, u), append(rss, r)
+			}
+			b.ReportMetric(median(wall), "s-to-ready")
+			b.ReportMetric(median(uptime), "s-guest-uptime")
+			b.ReportMetric(median(rss), "MiB-peak-rss")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
+
+// qbootROM returns QEMU's qboot firmware path.
+func qbootROM() string {
+	for _, p := range []string{"/usr/share/qemu/qboot.rom", "/usr/share/seabios/qboot.rom"} {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return "qboot.rom"
+}
+
+var readyRe = regexp.MustCompile(`GOVMD-READY uptime=([0-9.]+)`)
+
+// bootOnce runs one VMM until it exits and returns the seconds from start
+// to the GOVMD-READY line, the guest's uptime at that line and the
+// process's peak RSS in MiB.
+func bootOnce(argv []string) (wall, uptime, rssMiB float64, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return 0, 0, 0, err
+	}
+	sc := bufio.NewScanner(out)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	found := false
+	for sc.Scan() {
+		if m := readyRe.FindStringSubmatch(sc.Text()); m != nil && !found {
+			wall = time.Since(start).Seconds()
+			fmt.Sscan(m[1], &uptime)
+			found = true
+		}
+	}
+	werr := cmd.Wait()
+	if !found {
+		return 0, 0, 0, fmt.Errorf("no GOVMD-READY (exit %v)\n%s", werr, stderr.String())
+	}
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		rssMiB = float64(ru.Maxrss) / 1024
+	}
+	return wall, uptime, rssMiB, nil
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// The B variants of the test helpers.
+
+func requireKVMB(b *testing.B) {
+	b.Helper()
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		b.Skipf("/dev/kvm not usable: %v", err)
+	}
+	f.Close()
+}
+
+func imageB(b *testing.B, rel string) string {
+	b.Helper()
+	dir := os.Getenv("GOVMD_IMAGES")
+	if dir == "" {
+		dir = filepath.Join(repoRoot(), "images", "out")
+	}
+	p := filepath.Join(dir, rel)
+	if _, err := os.Stat(p); err != nil {
+		b.Skipf("test image %s missing (run make images)", p)
+	}
+	return p
+}
+
+func govmdB(b *testing.B) string {
+	b.Helper()
+	if p := os.Getenv("GOVMD_BIN"); p != "" {
+		return p
+	}
+	p := filepath.Join(b.TempDir(), "govmd")
+	cmd := exec.Command("go", "build", "-o", p, "./cmd/govmd")
+	cmd.Dir = repoRoot()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("go build: %v\n%s", err, out)
+	}
+	return p
+}

@@ -1,0 +1,34 @@
+#!/bin/sh
+# /init of the nested-KVM test VM built by scripts/nested.sh.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+mkdir -p /run/netns /var
+ln -s /run /var/run
+ip link set lo up
+. /etc/nested.env
+for m in $(cat /etc/modules); do
+	modprobe "$m" || echo "NESTED-MODULE $m failed"
+done
+if [ -c /dev/kvm ]; then
+	echo "NESTED-KVM ok $(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null | sed 's/^/npt=/')"
+else
+	echo "NESTED-KVM missing"
+fi
+export GOVMD_BIN=/govmd GOVMD_IMAGES=/images GOVMD_E2E_REQUIRE=1 GOVMD_E2E GOVMD_E2E_CONSOLE=1
+run=
+[ -n "$NESTED_RUN" ] && run="-test.run=$NESTED_RUN"
+for t in /tests/*.test; do
+	name=${t##*/}; name=${name%.test}
+	t0=$(cut -d' ' -f1 /proc/uptime)
+	echo "NESTED-START $name uptime=$t0"
+	mkdir -p "/tmp/$name"
+	(cd "/tmp/$name" && "$t" -test.v -test.count=1 -test.timeout=45m $run $NESTED_ARGS 2>&1)
+	rc=$?
+	echo "NESTED-TEST $name rc=$rc start=$t0 end=$(cut -d' ' -f1 /proc/uptime)"
+done
+echo "NESTED-DONE uptime=$(cut -d' ' -f1 /proc/uptime)"
+poweroff -f
