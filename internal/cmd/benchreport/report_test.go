@@ -1,0 +1,171 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"strings"
+	"testing"
+)
+
+func TestParseLine(t *testing.T) {
+	tests := []struct {
+		line string
+		ok   bool
+		name string
+		want map[string]float64
+	}{
+		{"BenchmarkLoop/tso-64KiB/device-2  \t  101833\t     29554 ns/op\t         0 %lost\t        17.66 Gbit/s\t    33680 pps",
+			true, "BenchmarkLoop/tso-64KiB/device", map[string]float64{"ns/op": 29554, "%lost": 0, "Gbit/s": 17.66, "pps": 33680}},
+		{"BenchmarkIO/seq-read-4k/qd32-16   485504  2990 ns/op  1369.73 MB/s  334407 IOPS  0 B/op  0 allocs/op",
+			true, "BenchmarkIO/seq-read-4k/qd32", map[string]float64{"ns/op": 2990, "MB/s": 1369.73, "IOPS": 334407, "B/op": 0, "allocs/op": 0}},
+		{"BenchmarkIO/seq-read-4k/qd1 100 5 ns/op", true, "BenchmarkIO/seq-read-4k/qd1", map[string]float64{"ns/op": 5}}, // GOMAXPROCS=1: no suffix
+		{"BenchmarkLoop/64B/device-2", false, "", nil},
+		{"BenchmarkX-2 12 3 ns/op 4", false, "", nil},
+		{"BenchmarkX-2 many 3 ns/op", false, "", nil},
+		{"BenchmarkX-2 12 fast ns/op", false, "", nil},
+		{"--- BENCH: BenchmarkLoop/64B/device-2", false, "", nil},
+		{"goos: linux", false, "", nil},
+		{"PASS", false, "", nil},
+	}
+	for _, tc := range tests {
+		r, ok := parseLine(tc.line)
+		if ok != tc.ok {
+			t.Errorf("parseLine(%q) ok = %v", tc.line, ok)
+			continue
+		}
+		if !ok {
+			continue
+		}
+		if r.Name != tc.name || fmt.Sprint(r.Metrics) != fmt.Sprint(tc.want) {
+			t.Errorf("parseLine(%q) = %q %v, want %q %v", tc.line, r.Name, r.Metrics, tc.name, tc.want)
+		}
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	tests := []struct {
+		in   []float64
+		want Stats
+	}{
+		{[]float64{3, 1, 2}, Stats{Median: 2, Min: 1, Max: 3, N: 3}},
+		{[]float64{4, 1, 3, 2}, Stats{Median: 2.5, Min: 1, Max: 4, N: 4}},
+		{[]float64{math.NaN(), 5, math.Inf(1)}, Stats{Median: 5, Min: 5, Max: 5, N: 1}},
+	}
+	for _, tc := range tests {
+		if got := Summarize(tc.in); got != tc.want {
+			t.Errorf("Summarize(%v) = %+v, want %+v", tc.in, got, tc.want)
+		}
+	}
+	if s := Summarize(nil); s.N != 0 || !math.IsNaN(s.Median) {
+		t.Errorf("Summarize(nil) = %+v", s)
+	}
+}
+
+// output builds go test -bench output: one block per round with the
+// given Gbit/s for TSO device and raw and MTU device.
+func output(rounds [][3]float64) string {
+	var b strings.Builder
+	for _, r := range rounds {
+		b.WriteString("goos: linux\ngoarch: amd64\n")
+		fmt.Fprintf(&b, "BenchmarkLoop/tso-64KiB/device-2 100 1 ns/op %g Gbit/s 1 cpus %g pps 0 %%lost\n", r[0], r[0]*1e3)
+		fmt.Fprintf(&b, "BenchmarkLoop/tso-64KiB/raw-2 100 1 ns/op %g Gbit/s 1 cpus %g pps 0 %%lost\n", r[1], r[1]*1e3)
+		fmt.Fprintf(&b, "BenchmarkLoop/mtu-no-offload/device-2 100 1 ns/op %g Gbit/s 1 cpus 5 pps\n", r[2])
+		b.WriteString("PASS\n")
+	}
+	return b.String()
+}
+
+func TestRatiosPairRounds(t *testing.T) {
+	rs := Results{}
+	if err := Parse(strings.NewReader(output([][3]float64{{9, 10, 1}, {16, 20, 2}, {30, 30, 3}})), rs); err != nil {
+		t.Fatal(err)
+	}
+	got := rs.Ratios("BenchmarkLoop/tso-64KiB/device", "BenchmarkLoop/tso-64KiB/raw", "Gbit/s")
+	if fmt.Sprint(got) != "[0.9 0.8 1]" {
+		t.Fatalf("ratios %v, want [0.9 0.8 1]", got)
+	}
+	// The median of the ratios, not the ratio of the medians (16/20).
+	if s := Summarize(got); s.Median != 0.9 {
+		t.Fatalf("median ratio %v", s.Median)
+	}
+}
+
+func TestRenderVerdicts(t *testing.T) {
+	in := Info{Date: "d", CPUs: 2, Busy: math.NaN()}
+	tests := []struct {
+		name   string
+		rounds [][3]float64
+		want   []string
+	}{
+		{"pass", [][3]float64{{27, 30, 2}, {28, 30, 2.5}, {29, 31, 2.6}},
+			[]string{"0.93x (0.90-0.94) | **PASS**", "11.20x (11.15-13.50) | **PASS**"}},
+		{"miss", [][3]float64{{20, 30, 3}, {21, 30, 3}, {22, 31, 1}},
+			[]string{"0.70x (0.67-0.71) | **MISS**", "7.00x (6.67-22.00) | **MISS**", "The TSO target is **missed**"}},
+		{"not run", nil, []string{"not run | **NOT RUN**"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rs := Results{}
+			if err := Parse(strings.NewReader(output(tc.rounds)), rs); err != nil {
+				t.Fatal(err)
+			}
+			doc := Render(rs, in, "")
+			for _, w := range tc.want {
+				if !strings.Contains(doc, w) {
+					t.Errorf("report lacks %q:\n%s", w, doc)
+				}
+			}
+			if !strings.HasSuffix(doc, kvmPlaceholder) {
+				t.Error("report does not end with the KVM placeholder")
+			}
+		})
+	}
+}
+
+func TestKVMSectionKept(t *testing.T) {
+	kvm := kvmHeading + "\n\n| boot | 1.2 s |\n"
+	old := "# Benchmarks\n\nold numbers\n\n" + kvm
+	tail := SplitTail(old)
+	if tail != kvm {
+		t.Fatalf("SplitTail = %q, want %q", tail, kvm)
+	}
+	doc := Render(Results{}, Info{Busy: math.NaN()}, tail)
+	if !strings.HasSuffix(doc, "\n"+kvm) || strings.Contains(doc, "old numbers") || strings.Contains(doc, "*Placeholder.*") {
+		t.Fatalf("KVM section not kept as is:\n%s", doc)
+	}
+	if SplitTail("# Benchmarks\n\nno such section\n") != "" {
+		t.Fatal("SplitTail found a section in a report without one")
+	}
+}
+
+func TestParseCPULine(t *testing.T) {
+	stat := "cpu  100 5 50 800 20 1 2 3 40 0\ncpu0 50 2 25 400 10 0 1 1 20 0\nintr 1\n"
+	total, idle, ok := parseCPULine(stat)
+	if !ok || total != 981 || idle != 820 {
+		t.Fatalf("parseCPULine = %d, %d, %v; want 981, 820, true (guest time not counted twice)", total, idle, ok)
+	}
+	if _, _, ok := parseCPULine("intr 1\n"); ok {
+		t.Fatal("parsed a /proc/stat without a cpu line")
+	}
+}
+
+func TestRenderBlk(t *testing.T) {
+	out := `BenchmarkIO/seq-read-4k/qd1-2 10 1 ns/op 50000 IOPS 0.5 cpus
+BenchmarkIO/seq-read-4k/qd32-2 10 1 ns/op 200000 IOPS 1 cpus
+BenchmarkIO/seq-read-4k/raw-2 10 1 ns/op 400000 IOPS 1 cpus
+`
+	rs := Results{}
+	if err := Parse(strings.NewReader(out), rs); err != nil {
+		t.Fatal(err)
+	}
+	doc := Render(rs, Info{Busy: math.NaN()}, "")
+	for _, w := range []string{
+		"| seq-read-4k | 50 | 200 | 400 | 0.12x (0.12-0.12) | 0.50x (0.50-0.50) |",
+		"| seq-read-4k | 0.50 | 1.00 | 1.00 | 10.00 | 5.00 | 2.50 |",
+		"| rand-read-4k | - | - | - | - | - |",
+	} {
+		if !strings.Contains(doc, w) {
+			t.Errorf("report lacks %q:\n%s", w, doc)
+		}
+	}
+}

@@ -1,0 +1,57 @@
+#!/bin/bash
+# make bench: the virtio-net data-path and virtio-blk benchmarks, each next
+# to its raw limit measured in the same run, written as ratio tables to
+# docs/bench.md (internal/cmd/benchreport). Needs root (network namespaces
+# and taps), not /dev/kvm. About 5 minutes on 2 CPUs.
+#
+# A round runs every benchmark once (-count 1), a device variant right
+# before its raw peer; the report takes medians over the rounds of the
+# values and of the per-round ratios.
+#
+#   BENCH_ROUNDS    rounds (default 9)
+#   BENCH_NET_TIME  -benchtime of each net benchmark (default 3s)
+#   BENCH_BLK_TIME  -benchtime of each blk benchmark (default 1s)
+#   BENCH_OUT       report (default docs/bench.md)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${BENCH_ROUNDS:-9}
+net_time=${BENCH_NET_TIME:-3s}
+blk_time=${BENCH_BLK_TIME:-1s}
+out=${BENCH_OUT:-docs/bench.md}
+
+if [ "$(id -u)" != 0 ]; then
+	echo "bench: needs root (the net benchmarks create network namespaces and taps)" >&2
+	exit 1
+fi
+
+tmp=$(mktemp -d)
+# The disk image goes on tmpfs: on a disk the page cache may be reclaimed
+# under the benchmark and random reads would measure the disk.
+if [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ]; then
+	blkdir=$(mktemp -d -p /dev/shm govmd-bench.XXXXXX)
+else
+	echo "bench: /dev/shm is not tmpfs; the disk image goes to $tmp" >&2
+	blkdir=$tmp
+fi
+trap 'rm -rf "$tmp" "$blkdir"' EXIT
+
+go test -c -o "$tmp/harness.test" ./internal/harness/
+go test -c -o "$tmp/blk.test" ./devices/blk/
+go build -o "$tmp/benchreport" ./internal/cmd/benchreport
+
+cp /proc/stat "$tmp/stat.start"
+load_start=$(cat /proc/loadavg)
+start=$(date +%s)
+for r in $(seq "$rounds"); do
+	echo "bench: round $r of $rounds" >&2
+	(cd internal/harness && "$tmp/harness.test" -test.run '^$' -test.bench '^BenchmarkLoop$' \
+		-test.benchtime "$net_time" -test.count 1 -test.timeout 30m) | tee -a "$tmp/net.txt"
+	(cd devices/blk && TMPDIR=$blkdir "$tmp/blk.test" -test.run '^$' -test.bench '^BenchmarkIO$' \
+		-test.benchtime "$blk_time" -test.count 1 -test.timeout 30m) | tee -a "$tmp/blk.txt"
+done
+echo "bench: $rounds rounds in $(( $(date +%s) - start ))s" >&2
+
+"$tmp/benchreport" -o "$out" -rounds "$rounds" -net-time "$net_time" -blk-time "$blk_time" \
+	-blk-fs "$(stat -f -c %T "$blkdir")" -load-start "$load_start" -stat-start "$tmp/stat.start" \
+	"$tmp/net.txt" "$tmp/blk.txt"
+echo "bench: wrote $out" >&2
