@@ -22,6 +22,7 @@ const (
 	tapName  = "gvtap0"
 	rxPort   = 5001 // the guest listens (tcp-rx)
 	txPort   = 5002 // the host listens (tcp-tx)
+	waitPort = 5003 // the guest waits for the host (wait-host)
 	tcpBytes = 4 << 20
 )
 
@@ -150,10 +151,10 @@ func runNetCase(t *testing.T, c netCase) {
 
 	steps := "ready,virtio,net,ping,tcp-rx,tcp-tx"
 	if c.offloadsOff {
-		steps += ",offloads-off,sleep"
+		steps += ",offloads-off,wait-host,offloads-on,wait-host"
 	}
-	extra := fmt.Sprintf("govmd.test=%s govmd.ip=%s/24 govmd.peer=%s govmd.tcp.port=%d govmd.tcp.txport=%d govmd.tcp.bytes=%d govmd.wait=5",
-		steps, guestIP, hostIP, rxPort, txPort, tcpBytes)
+	extra := fmt.Sprintf("govmd.test=%s govmd.ip=%s/24 govmd.peer=%s govmd.tcp.port=%d govmd.tcp.txport=%d govmd.tcp.bytes=%d govmd.wait.port=%d",
+		steps, guestIP, hostIP, rxPort, txPort, tcpBytes, waitPort)
 	if c.forceLegacy {
 		extra += " virtio_pci.force_legacy=1"
 	}
@@ -223,10 +224,17 @@ func runNetCase(t *testing.T, c netCase) {
 	}
 
 	if c.offloadsOff {
-		g.Expect(`GOVMD-OFFLOADS-OFF`, 2*time.Minute)
-		// Linux turns off GRO_HW with ip_forward=1, i.e. the guest no
-		// longer accepts TSO; checksum offload stays.
+		// With GRO_HW off the guest no longer accepts TSO frames;
+		// checksum offload stays. Then it takes them again.
+		g.Expect(`GOVMD-WAITING port=[0-9]+ n=1`, 2*time.Minute)
+		if res := g.Results(); res["gro_hw"] != "off" {
+			t.Errorf("guest GRO_HW %q after offloads-off", res["gro_hw"])
+		}
 		checkTapOffloads(t, ns, wantCsum, false)
+		release(t, ns)
+		g.Expect(`GOVMD-WAITING port=[0-9]+ n=2`, 2*time.Minute)
+		checkTapOffloads(t, ns, wantCsum, wantTSO)
+		release(t, ns)
 	}
 	g.Expect(`GOVMD-DONE status=0`, 2*time.Minute)
 	if st := g.Wait(time.Minute); st != 0 {
@@ -259,5 +267,19 @@ func checkTapOffloads(t *testing.T, ns *harness.NS, csum, tso bool) {
 	}
 	if feats["tcp-segmentation-offload"] != onoff[tso] {
 		t.Errorf("tap tcp-segmentation-offload %q, want %s", feats["tcp-segmentation-offload"], onoff[tso])
+	}
+}
+
+// release lets a guest blocked in the wait-host step go on.
+func release(t *testing.T, ns *harness.NS) {
+	t.Helper()
+	if err := ns.Do(func() error {
+		c, err := net.DialTimeout("tcp4", fmt.Sprintf("%s:%d", guestIP, waitPort), 30*time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	}); err != nil {
+		t.Errorf("releasing the guest: %v", err)
 	}
 }

@@ -26,7 +26,7 @@ KEYVERSION=1 # bump to invalidate every cached product
 
 LINUX_SOURCE=linux-source-6.1
 TARBALL=/usr/src/$LINUX_SOURCE.tar.xz
-HOST_PKGS="build-essential bc flex bison libelf-dev libssl-dev cpio lz4 xz-utils zstd kmod binutils util-linux $LINUX_SOURCE"
+HOST_PKGS="build-essential gcc-multilib bc flex bison libelf-dev libssl-dev cpio lz4 xz-utils zstd kmod binutils util-linux $LINUX_SOURCE"
 
 t0=$(date +%s)
 log() { printf 'images: %s\n' "$*"; }
@@ -163,9 +163,21 @@ build_linux() {
 build linux "$LINUX_KEY" build_linux
 
 BB_DEB=$(download $BB_PKG "$BB_VER")
-INITRD_KEY=$(key "$IMAGES"/rootfs.sh "$IMAGES"/agent/init $MKINITRD_SRC -- "$BB_PKG $BB_VER" "$GOVER" "$UROOT" "epoch $SOURCE_DATE_EPOCH")
+# ethtool for the agent's receive-offload steps, with its libraries.
+EXTRA_DEBS=() EXTRA_VERS=()
+for p in ethtool:i386 libmnl0:i386 libc6:i386; do
+	v=$(candidate $p)
+	[ -n "$v" ] || { apt_update; v=$(candidate $p); }
+	[ -n "$v" ] || die "no candidate for $p"
+	EXTRA_DEBS+=("$(download $p "$v")")
+	EXTRA_VERS+=("$p $v")
+done
+INITRD_KEY=$(key "$IMAGES"/rootfs.sh "$IMAGES"/agent/init "$IMAGES"/tools/blkbench.c $MKINITRD_SRC -- "$TOOLS" "$BB_PKG $BB_VER" "${EXTRA_VERS[*]}" "$GOVER" "$UROOT" "epoch $SOURCE_DATE_EPOCH")
 build_initrd() {
-	"$IMAGES/rootfs.sh" "$WORK/stage" "$BB_DEB"
+	"$IMAGES/rootfs.sh" "$WORK/stage" "$BB_DEB" "${EXTRA_DEBS[@]}"
+	# The agent's block I/O load (blk-bench): i386, integer only, linked
+	# against the libc that ethtool brought.
+	gcc -m32 -O2 -s -mgeneral-regs-only -Wall -Werror -o "$WORK/stage/bin/blkbench" "$IMAGES/tools/blkbench.c"
 	"$MKINITRD" -root "$WORK/stage" -o "$1/initrd.cpio" -gz "$1/initrd.cpio.gz" \
 		-dev /dev/console:c:5:1:0600 -pattern /pattern:65511
 	rm -rf "$WORK/stage"

@@ -29,6 +29,8 @@ CACHE=${GOVMD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/govmd}/nested
 LOG=${NESTED_LOG:-$CACHE/last.log}
 TIMEOUT=${NESTED_TIMEOUT:-3000}
 MEM=${NESTED_MEM:-3072}
+SMP=${NESTED_SMP:-2}
+TCGTHREAD=${NESTED_TCG_THREAD:-single}
 PKGS=("$@")
 [ ${#PKGS[@]} -gt 0 ] || PKGS=(./kvm ./vmm ./e2e)
 log() { printf 'nested: %s\n' "$*"; }
@@ -121,7 +123,7 @@ log "initramfs $(du -h "$W/initrd.gz" | cut -f1); booting L1 ($KPKG, TCG, -cpu m
 
 # --- run.
 set +e
-timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 1 -m "$MEM" \
+timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread="$TCGTHREAD" -cpu max -smp "$SMP" -m "$MEM" \
 	-nographic -nic none -no-reboot -kernel "$VMLINUZ" -initrd "$W/initrd.gz" \
 	-append "console=ttyS0 panic=-1 quiet loglevel=4" < /dev/null 2>&1 |
 	tee "$LOG" | grep --line-buffered -E '^(=== RUN|--- |    --- |NESTED-|ok |FAIL|PASS|panic:|console |    [a-z_]+_test\.go:)' 

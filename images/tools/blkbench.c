@@ -1,0 +1,91 @@
+/*
+ * blkbench: the test agent's 4 KiB block I/O load for `make bench`.
+ *
+ *   blkbench DEV PATTERN OPS SPAN
+ *
+ * PATTERN is seq-read, seq-write, rand-read or rand-write; OPS requests of
+ * 4 KiB each go to DEV with O_DIRECT at queue depth 1, sequentially from
+ * offset 0 or at pseudo-random 4 KiB-aligned offsets in the first SPAN
+ * MiB. It prints one line, "GOVMD-RESULT blkbench.PATTERN.ops=N
+ * blkbench.PATTERN.us=T" (T from CLOCK_MONOTONIC), or ".error=ERRNO".
+ *
+ * Integer code only, no stdio: the guest may run in an instruction
+ * emulator without x87/SSE (see images/README.md). Built by
+ * images/build.sh with gcc -m32 -mgeneral-regs-only, against the i386 libc
+ * the initramfs carries for ethtool.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static char line[256];
+static int len;
+
+static void put(const char *s) { while (*s && len < (int)sizeof(line) - 1) line[len++] = *s++; }
+
+static void putu(unsigned long long v) {
+	char b[24];
+	int i = sizeof(b);
+	b[--i] = 0;
+	do { b[--i] = '0' + v % 10; v /= 10; } while (v);
+	put(b + i);
+}
+
+static unsigned long long now_us(void) {
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (unsigned long long)ts.tv_sec * 1000000ull + ts.tv_nsec / 1000;
+}
+
+static void report(const char *pat, const char *k1, unsigned long long v1, const char *k2, unsigned long long v2) {
+	len = 0;
+	put("GOVMD-RESULT blkbench."); put(pat); put("."); put(k1); put("="); putu(v1);
+	if (k2) { put(" blkbench."); put(pat); put("."); put(k2); put("="); putu(v2); }
+	put("\n");
+	write(1, line, len);
+}
+
+int main(int argc, char **argv) {
+	if (argc != 5) {
+		write(2, "usage: blkbench DEV PATTERN OPS SPAN_MIB\n", 41);
+		return 2;
+	}
+	const char *dev = argv[1], *pat = argv[2];
+	unsigned long ops = strtoul(argv[3], 0, 10);
+	unsigned long long span = strtoull(argv[4], 0, 10) << 20;
+	int write_ = strstr(pat, "write") != 0, rnd = strncmp(pat, "rand", 4) == 0;
+	unsigned long blocks = span / 4096;
+	if (blocks == 0 || ops == 0)
+		return 2;
+	int fd = open(dev, (write_ ? O_RDWR : O_RDONLY) | O_DIRECT);
+	if (fd < 0) {
+		report(pat, "error", errno, 0, 0);
+		return 1;
+	}
+	void *buf;
+	if (posix_memalign(&buf, 4096, 4096))
+		return 1;
+	memset(buf, 0x5a, 4096);
+	unsigned int x = 2463534242u;
+	unsigned long long t0 = now_us();
+	for (unsigned long i = 0; i < ops; i++) {
+		unsigned long blk = i % blocks;
+		if (rnd) {
+			x ^= x << 13; x ^= x >> 17; x ^= x << 5;
+			blk = x % blocks;
+		}
+		off_t off = (off_t)blk * 4096;
+		ssize_t n = write_ ? pwrite(fd, buf, 4096, off) : pread(fd, buf, 4096, off);
+		if (n != 4096) {
+			report(pat, "error", n < 0 ? errno : EIO, "at", i);
+			return 1;
+		}
+	}
+	unsigned long long t1 = now_us();
+	report(pat, "ops", ops, "us", t1 - t0);
+	return 0;
+}
