@@ -13,14 +13,18 @@ import (
 const bootTimeout = 6 * time.Minute
 
 // cmdline returns the test guests' base command line (images/out/cmdline)
-// with extra appended.
+// with extra and $GOVMD_E2E_CMDLINE appended.
 func cmdline(t *testing.T, extra string) string {
 	t.Helper()
 	b, err := os.ReadFile(image(t, "cmdline"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return strings.TrimSpace(string(b)) + " " + extra
+	line := strings.TrimSpace(string(b)) + " " + extra
+	if more := os.Getenv("GOVMD_E2E_CMDLINE"); more != "" {
+		line += " " + more
+	}
+	return line
 }
 
 // TestBootReady boots the test kernel both ways (bzImage and PVH vmlinux)

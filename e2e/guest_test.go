@@ -104,6 +104,8 @@ type Guest struct {
 	log    *os.File
 	stderr strings.Builder
 	start  time.Time
+	// lastLine is when the console last printed a line (start until then).
+	lastLine time.Time
 }
 
 // Start runs govmd with args; the console goes to a pipe that the test
@@ -125,8 +127,12 @@ func StartIn(t *testing.T, ns string, args ...string) *Guest {
 		argv = append([]string{"ip", "netns", "exec", ns}, argv...)
 	}
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	// At the end of a test govmd gets SIGTERM (it logs its counters and
+	// ring states, then exits), and SIGKILL if it is still there later.
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 15 * time.Second
 	cmd.Stdin = nil
-	g := &Guest{t: t, cmd: cmd, start: time.Now()}
+	g := &Guest{t: t, cmd: cmd, start: time.Now(), lastLine: time.Now()}
 	g.cond = sync.NewCond(&g.mu)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -179,6 +185,7 @@ func (g *Guest) read(r io.Reader) {
 		}
 		g.mu.Lock()
 		g.lines = append(g.lines, line)
+		g.lastLine = time.Now()
 		g.cond.Broadcast()
 		g.mu.Unlock()
 	}
@@ -189,35 +196,87 @@ func (g *Guest) read(r io.Reader) {
 	g.mu.Unlock()
 }
 
+// stallTimeout is how long a guest may print nothing before Expect gives
+// up: every step of the agent prints within seconds.
+const stallTimeout = 2 * time.Minute
+
 // Expect waits until a console line matches re and returns its submatches.
+// It fails the test when timeout passes, govmd exits, or the console stays
+// silent for stallTimeout (reported as "guest console stalled", which
+// scripts/nested.sh recognises).
 func (g *Guest) Expect(re string, timeout time.Duration) []string {
 	g.t.Helper()
-	m, ok := g.expect(regexp.MustCompile(re), timeout)
-	if !ok {
+	m, stalled, ok := g.expect(regexp.MustCompile(re), timeout)
+	if crash := g.crashLine(); crash != "" {
+		g.t.Fatalf("guest kernel failed while waiting for %q: %q", re, crash)
+	}
+	switch {
+	case stalled:
+		g.mu.Lock()
+		last := ""
+		if len(g.lines) > 0 {
+			last = g.lines[len(g.lines)-1]
+		}
+		g.mu.Unlock()
+		g.t.Fatalf("guest console stalled: no output for %v while waiting for %q (last line %q)", stallTimeout, re, last)
+	case !ok:
 		g.t.Fatalf("no console line matching %q within %v", re, timeout)
 	}
 	return m
 }
 
-func (g *Guest) expect(rx *regexp.Regexp, timeout time.Duration) ([]string, bool) {
+// crashRe matches the console lines of a guest kernel that is dead or
+// wedged: a panic, an oops, an RCU or soft-lockup stall.
+var crashRe = regexp.MustCompile(`Kernel panic|BUG: |Oops|general protection fault|rcu: INFO: rcu_sched detected stalls|watchdog: BUG: soft lockup`)
+
+// crashLine returns the first console line that shows the guest kernel
+// failed, or "".
+func (g *Guest) crashLine() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, l := range g.lines {
+		if crashRe.MatchString(l) {
+			return l
+		}
+	}
+	return ""
+}
+
+func (g *Guest) expect(rx *regexp.Regexp, timeout time.Duration) (m []string, stalled, ok bool) {
 	deadline := time.Now().Add(timeout)
-	timer := time.AfterFunc(timeout, func() {
-		g.mu.Lock()
-		g.cond.Broadcast()
-		g.mu.Unlock()
-	})
-	defer timer.Stop()
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-tick.C:
+				g.mu.Lock()
+				g.cond.Broadcast()
+				g.mu.Unlock()
+			case <-stop:
+				return
+			}
+		}
+	}()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	next := 0
 	for {
 		for ; next < len(g.lines); next++ {
 			if m := rx.FindStringSubmatch(g.lines[next]); m != nil {
-				return m, true
+				return m, false, true
+			}
+			if crashRe.MatchString(g.lines[next]) {
+				return nil, false, false
 			}
 		}
 		if g.done || time.Now().After(deadline) {
-			return nil, false
+			return nil, false, false
+		}
+		if time.Since(g.lastLine) > stallTimeout {
+			return nil, true, false
 		}
 		g.cond.Wait()
 	}

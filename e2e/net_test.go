@@ -159,7 +159,7 @@ func runNetCase(t *testing.T, c netCase) {
 		extra += " virtio_pci.force_legacy=1"
 	}
 	g := StartIn(t, ns.Name, "run", "--kernel", image(t, "linux/vmlinux"), "--initrd", image(t, "initrd.cpio.gz"),
-		"--cmdline", cmdline(t, extra), "--cpus", "2", "--memory", "256M",
+		"--cmdline", cmdline(t, extra), "--cpus", "2", "--memory", "256M", "--log-level", "debug",
 		"--net", fmt.Sprintf("tap=%s,transport=%s,offload=%s", tapName, c.transport, c.offload))
 
 	g.Expect(`GOVMD-NET-UP`, bootTimeout)

@@ -10,15 +10,15 @@ mkdir -p /run/netns /var
 ln -s /run /var/run
 ip link set lo up
 . /etc/nested.env
-for m in $(cat /etc/modules); do
-	modprobe "$m" || echo "NESTED-MODULE $m failed"
-done
+while read -r m args; do
+	modprobe "$m" $args || echo "NESTED-MODULE $m failed"
+done < /etc/modules
 if [ -c /dev/kvm ]; then
-	echo "NESTED-KVM ok $(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null | sed 's/^/npt=/')"
+	echo "NESTED-KVM ok npt=$(cat /sys/module/kvm_amd/parameters/npt) vgif=$(cat /sys/module/kvm_amd/parameters/vgif) avic=$(cat /sys/module/kvm_amd/parameters/avic)"
 else
 	echo "NESTED-KVM missing"
 fi
-export GOVMD_BIN=/govmd GOVMD_IMAGES=/images GOVMD_E2E_REQUIRE=1 GOVMD_E2E GOVMD_E2E_CONSOLE=1
+export GOVMD_BIN=/govmd GOVMD_IMAGES=/images GOVMD_E2E_REQUIRE=1 GOVMD_E2E GOVMD_E2E_CONSOLE=1 GOVMD_E2E_CMDLINE
 run=
 [ -n "$NESTED_RUN" ] && run="-test.run=$NESTED_RUN"
 for t in /tests/*.test; do

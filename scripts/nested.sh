@@ -19,9 +19,14 @@
 # $GOVMD_CACHE/nested/last.log), NESTED_QEMU=1 (put QEMU in the VM too),
 # NESTED_ARGS (more flags for every test binary, e.g. -test.bench=.).
 #
-# L1 gets one vCPU: with two, QEMU 7.2's multi-threaded TCG can keep
-# executing a stale translation of an int3 that Linux's text patching
-# already removed (seen when KVM flips its static keys), and L1 livelocks.
+# L1 gets two vCPUs on single-threaded TCG (NESTED_SMP, NESTED_TCG_THREAD):
+# with multi-threaded TCG and two vCPUs, QEMU 7.2 kept executing a stale
+# translation of an int3 that Linux's text patching had already removed
+# (when KVM flips its static keys) and L1 livelocked; with one vCPU, a
+# 2-vCPU guest that spins waiting for its other vCPU could stall L1. L1
+# boots with tsc=reliable: with its TSC marked unstable, KVM's clock for
+# the nested guests jumped, and guests (govmd's and QEMU's alike) hung in
+# early boot or returned from sleeps at once.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -75,7 +80,15 @@ done
 for f in "$KDIR/lib/modules/$KVER"/modules.{dep,dep.bin,alias,alias.bin,symbols,symbols.bin,builtin,builtin.bin,order}; do
 	[ -f "$f" ] && cp "$f" "$R/lib/modules/$KVER/"
 done
-echo "$MODS" > "$R/etc/modules"
+# One module per line, with its parameters.
+{
+	for m in $MODS; do
+		case $m in
+		kvm_amd) echo "kvm_amd ${NESTED_KVM_AMD:-}" ;;
+		*) echo "$m" ;;
+		esac
+	done
+} > "$R/etc/modules"
 
 # Host tools the tests run, replacing busybox's applets of the same name
 # (dynamically linked: their libraries come too).
@@ -117,33 +130,72 @@ cp images/out/linux/vmlinux images/out/linux/bzImage "$R/images/linux/"
 cp images/out/initrd.cpio.gz images/out/cmdline "$R/images/"
 cp scripts/nested-init.sh "$R/init"
 chmod +x "$R/init"
-printf 'GOVMD_E2E=%q\nNESTED_RUN=%q\nNESTED_ARGS=%q\n' "${GOVMD_E2E:-}" "${NESTED_RUN:-}" "${NESTED_ARGS:-}" > "$R/etc/nested.env"
-(cd "$R" && find . | cpio -o -H newc --quiet | gzip -1) > "$W/initrd.gz"
-log "initramfs $(du -h "$W/initrd.gz" | cut -f1); booting L1 ($KPKG, TCG, -cpu max, ${MEM} MiB), log in $LOG"
+(cd "$R" && find . | cpio -o -H newc --quiet | gzip -1) > "$W/base.gz"
 
-# --- run.
-set +e
-timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread="$TCGTHREAD" -cpu max -smp "$SMP" -m "$MEM" \
-	-nographic -nic none -no-reboot -kernel "$VMLINUZ" -initrd "$W/initrd.gz" \
-	-append "console=ttyS0 panic=-1 quiet loglevel=4" < /dev/null 2>&1 |
-	tee "$LOG" | grep --line-buffered -E '^(=== RUN|--- |    --- |NESTED-|ok |FAIL|PASS|panic:|console |    [a-z_]+_test\.go:)' 
-qrc=${PIPESTATUS[0]}
-set -e
-[ "$qrc" = 124 ] && die "L1 timed out after ${TIMEOUT}s (log: $LOG)"
+# boot_l1 RUN LOG: boots L1 with the test binaries' -test.run pattern RUN
+# (a second cpio archive appended to the initramfs carries it) and writes
+# its console to LOG. evaluate LOG: per-binary results; 0 if all passed.
+boot_l1() {
+	mkdir -p "$W/env/etc"
+	printf 'GOVMD_E2E=%q\nNESTED_RUN=%q\nNESTED_ARGS=%q\nGOVMD_E2E_CMDLINE=%q\n' "${GOVMD_E2E:-}" "$1" "${NESTED_ARGS:-}" "${NESTED_GUEST_CMDLINE:-}" > "$W/env/etc/nested.env"
+	(cd "$W/env" && find . | cpio -o -H newc --quiet | gzip -1) > "$W/env.gz"
+	cat "$W/base.gz" "$W/env.gz" > "$W/initrd.gz"
+	log "initramfs $(du -h "$W/initrd.gz" | cut -f1); booting L1 ($KPKG, TCG, -cpu max, ${SMP} vCPUs, ${MEM} MiB), log in $2"
+	set +e
+	timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread="$TCGTHREAD" -cpu max -smp "$SMP" -m "$MEM" \
+		-nographic -nic none -no-reboot -kernel "$VMLINUZ" -initrd "$W/initrd.gz" \
+		-append "console=ttyS0 panic=-1 quiet loglevel=4 tsc=reliable clocksource=tsc" < /dev/null 2>&1 |
+		tee "$2" | grep --line-buffered -E '^(=== RUN|--- |    --- |NESTED-|ok |FAIL|PASS|panic:|console |    [a-z_]+_test\.go:)'
+	local qrc=${PIPESTATUS[0]}
+	set -e
+	[ "$qrc" = 124 ] && log "L1 timed out after ${TIMEOUT}s (log: $2)"
+	return 0
+}
 
-fail=0
-for p in "${PKGS[@]}"; do
-	name=$(echo "${p#./}" | tr / _)
-	rc=$(sed -n "s/.*NESTED-TEST $name rc=\([0-9]*\).*/\1/p" "$LOG" | tail -1)
-	if [ -z "$rc" ]; then
-		log "$name: did not finish (log: $LOG)"
-		fail=1
-	elif [ "$rc" != 0 ]; then
-		log "$name: FAILED (rc=$rc)"
-		fail=1
-	else
-		log "$name: ok"
+evaluate() {
+	local fail=0 p name rc
+	for p in "${PKGS[@]}"; do
+		name=$(echo "${p#./}" | tr / _)
+		rc=$(sed -n "s/.*NESTED-TEST $name rc=\([0-9]*\).*/\1/p" "$1" | tail -1)
+		if [ -z "$rc" ]; then
+			log "$name: did not finish (log: $1)"
+			fail=1
+		elif [ "$rc" != 0 ]; then
+			log "$name: FAILED (rc=$rc)"
+			fail=1
+		else
+			log "$name: ok"
+		fi
+	done
+	grep -q 'NESTED-KVM ok' "$1" || { log "/dev/kvm did not work in L1 (log: $1)"; fail=1; }
+	return $fail
+}
+
+boot_l1 "${NESTED_RUN:-}" "$LOG"
+if evaluate "$LOG"; then
+	exit 0
+fi
+# In this environment the nested guests' kernels sometimes stall or crash
+# on their own (QEMU's guests more often than govmd's; see docs/pvm.md):
+# the e2e helpers report that as "guest console stalled" or "guest kernel
+# failed". Top-level tests that failed then are rerun, up to
+# NESTED_RETRIES times (default 2), and the log says so. Any other failure
+# stands.
+try=1
+while :; do
+	failed=$(sed -n 's/^--- FAIL: \(Test[A-Za-z0-9_]*\).*/\1/p' "$LOG" | sort -u | paste -sd'|')
+	flakes=$(grep -c -e 'guest console stalled' -e 'guest kernel failed' "$LOG" || true)
+	others=$(sed -n 's/.*NESTED-TEST \([a-z_]*\) rc=\([1-9][0-9]*\).*/\1/p' "$LOG" | grep -v -x e2e || true)
+	if [ -n "${NESTED_NO_RETRY:-}" ] || [ -z "$failed" ] || [ "$flakes" = 0 ] || [ -n "$others" ] ||
+		[ "$try" -gt "${NESTED_RETRIES:-2}" ]; then
+		exit 1
 	fi
+	log "retry $try after $flakes guest stall(s) or crash(es) in: $failed (previous log: $LOG.$try)"
+	mv "$LOG" "$LOG.$try"
+	boot_l1 "^($failed)\$" "$LOG"
+	if evaluate "$LOG"; then
+		log "passed on retry $try"
+		exit 0
+	fi
+	try=$((try + 1))
 done
-grep -q 'NESTED-KVM ok' "$LOG" || { log "/dev/kvm did not work in L1 (log: $LOG)"; fail=1; }
-exit $fail

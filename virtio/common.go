@@ -58,6 +58,7 @@ type Common struct {
 	queueSel       uint16
 	queues         []queueState
 	active         bool
+	activeQueues   []*Queue // the queues given to the device at activation
 	configVector   uint16
 
 	generation atomic.Uint32
@@ -372,7 +373,30 @@ func (c *Common) activateLocked(v uint8) error {
 		return err
 	}
 	c.active = true
+	c.activeQueues = qs
 	return nil
+}
+
+// RingStates returns, for each queue of an active device, what its rings
+// in guest memory say (nil entries for disabled queues); nil when the
+// device is not active. For diagnostics: it reads guest memory only.
+func (c *Common) RingStates() []*RingState {
+	c.mu.Lock()
+	qs := c.activeQueues
+	c.mu.Unlock()
+	if qs == nil {
+		return nil
+	}
+	out := make([]*RingState, len(qs))
+	for i, q := range qs {
+		if q == nil {
+			continue
+		}
+		if r, err := q.RingState(); err == nil {
+			out[i] = &r
+		}
+	}
+	return out
 }
 
 func (c *Common) reset() {
@@ -387,6 +411,7 @@ func (c *Common) reset() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.active = false
+	c.activeQueues = nil
 	c.status = 0
 	c.devFeatureSel, c.drvFeatureSel = 0, 0
 	c.driverFeatures = 0

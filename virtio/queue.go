@@ -338,3 +338,40 @@ func (q *Queue) DisableNotify() error {
 	q.noNotify = true
 	return q.mem.StoreUint16Release(q.cfg.UsedAddr, usedFNoNotify)
 }
+
+// RingState is what a queue's rings in guest memory say, for diagnostics:
+// the driver's avail index and flags, the used index and flags the device
+// published, and the two EVENT_IDX fields (used_event, written by the
+// driver; avail_event, written by the device).
+type RingState struct {
+	AvailIdx, AvailFlags, UsedEvent uint16
+	UsedIdx, UsedFlags, AvailEvent  uint16
+}
+
+func (r RingState) String() string {
+	return fmt.Sprintf("avail_idx=%d used_idx=%d avail_flags=%#x used_flags=%#x used_event=%d avail_event=%d",
+		r.AvailIdx, r.UsedIdx, r.AvailFlags, r.UsedFlags, r.UsedEvent, r.AvailEvent)
+}
+
+// RingState reads the rings from guest memory. It touches no device-side
+// state, so it may be called while the device's goroutine runs.
+func (q *Queue) RingState() (RingState, error) {
+	var r RingState
+	var err error
+	load := func(gpa uint64) uint16 {
+		if err != nil {
+			return 0
+		}
+		var v uint16
+		v, err = q.mem.LoadUint16Acquire(gpa)
+		return v
+	}
+	n := uint64(q.cfg.Size)
+	r.AvailFlags = load(q.cfg.AvailAddr)
+	r.AvailIdx = load(q.cfg.AvailAddr + 2)
+	r.UsedEvent = load(q.cfg.AvailAddr + 4 + 2*n)
+	r.UsedFlags = load(q.cfg.UsedAddr)
+	r.UsedIdx = load(q.cfg.UsedAddr + 2)
+	r.AvailEvent = load(q.cfg.UsedAddr + 4 + 8*n)
+	return r, err
+}

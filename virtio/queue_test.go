@@ -324,3 +324,37 @@ func FuzzQueueWalker(f *testing.F) {
 		}
 	})
 }
+
+func TestRingState(t *testing.T) {
+	mem := newMem(t)
+	r := virtiotest.NewRing(mem, 8, ringBase)
+	q, err := virtio.NewQueue(mem, r.Config(), virtio.FRingEventIdx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.SetUsedEvent(5)
+	var c virtio.Chain
+	for i := 0; i < 3; i++ {
+		r.Add(virtiotest.Buf{Addr: bufBase, Len: 4, Write: true})
+	}
+	for i := 0; i < 2; i++ {
+		if ok, err := q.Pop(&c); !ok || err != nil {
+			t.Fatal(ok, err)
+		}
+		_ = q.Push(c.Head, 4)
+	}
+	if _, err := q.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.EnableNotify(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := q.RingState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := virtio.RingState{AvailIdx: 3, UsedIdx: 2, UsedEvent: 5, AvailEvent: 2}
+	if got != want {
+		t.Fatalf("RingState = %v, want %v", got, want)
+	}
+}

@@ -167,11 +167,23 @@ func (v *VM) LogStats() {
 	v.log.Info("vcpu exits", "counts", v.stats.String())
 	for i, n := range v.nics {
 		v.log.Info("nic stats", "nic", i, "tap", n.tap.Name(), "transport_faults", n.tr.Faults(), "stats", n.dev.Stats().String())
+		v.logRings("nic", i, n.tr)
 	}
 	for i, d := range v.disks {
 		v.log.Info("disk stats", "disk", i, "path", d.cfg.Path, "transport_faults", d.tr.Faults(), "stats", d.dev.Stats().String())
+		v.logRings("disk", i, d.tr)
 	}
 	if dropped := v.uart.Dropped(); dropped > 0 {
 		v.log.Info("serial input dropped", "bytes", dropped)
+	}
+}
+
+// logRings logs the ring indices of an active device's queues (debug
+// level): a stuck queue shows as avail_idx ahead of used_idx.
+func (v *VM) logRings(kind string, i int, tr *pcitransport.Transport) {
+	for q, r := range tr.Common().RingStates() {
+		if r != nil {
+			v.log.Debug("virtio queue", kind, i, "queue", q, "rings", r.String())
+		}
 	}
 }
