@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -46,16 +47,26 @@ func BenchmarkBootReady(b *testing.B) {
 				}
 			}
 			var wall, uptime, rss []float64
+			hangs := 0
 			for i := 0; i < b.N; i++ {
 				w, u, r, err := bootOnce(argv)
+				if errors.Is(err, errHang) {
+					hangs++ // see docs/pvm.md: nested guests stall now and then
+					continue
+				}
 				if err != nil {
 					b.Fatalf("%s: %v", name, err)
 				}
 				wall, uptime, rss = append(wall, w), append(uptime, u), append(rss, r)
 			}
+			if len(wall) == 0 {
+				b.Fatalf("%s: every boot hung", name)
+			}
 			b.ReportMetric(median(wall), "s-to-ready")
 			b.ReportMetric(median(uptime), "s-guest-uptime")
 			b.ReportMetric(median(rss), "MiB-peak-rss")
+			b.ReportMetric(float64(len(wall)), "boots")
+			b.ReportMetric(float64(hangs), "hangs")
 			b.ReportMetric(0, "ns/op")
 		})
 	}
@@ -73,11 +84,17 @@ func qbootROM() string {
 
 var readyRe = regexp.MustCompile(`GOVMD-READY uptime=([0-9.]+)`)
 
+// benchBootTimeout bounds one benchmark boot; a boot that takes longer
+// counts as hung and is left out of the medians (and reported).
+const benchBootTimeout = 2 * time.Minute
+
+var errHang = errors.New("the guest did not finish in time")
+
 // bootOnce runs one VMM until it exits and returns the seconds from start
 // to the GOVMD-READY line, the guest's uptime at that line and the
 // process's peak RSS in MiB.
 func bootOnce(argv []string) (wall, uptime, rssMiB float64, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), benchBootTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	out, err := cmd.StdoutPipe()
@@ -101,6 +118,9 @@ func bootOnce(argv []string) (wall, uptime, rssMiB float64, err error) {
 		}
 	}
 	werr := cmd.Wait()
+	if ctx.Err() != nil {
+		return 0, 0, 0, errHang
+	}
 	if !found {
 		return 0, 0, 0, fmt.Errorf("no GOVMD-READY (exit %v)\n%s", werr, stderr.String())
 	}
@@ -202,8 +222,13 @@ func BenchmarkGuestBlk(b *testing.B) {
 			}
 			host := map[string][]float64{}
 			guest := map[string][]float64{}
+			hangs := 0
 			for i := 0; i < b.N; i++ {
 				h, g, err := blkBenchOnce(argv)
+				if errors.Is(err, errHang) {
+					hangs++
+					continue
+				}
 				if err != nil {
 					b.Fatalf("%s: %v", name, err)
 				}
@@ -220,6 +245,10 @@ func BenchmarkGuestBlk(b *testing.B) {
 			for p, v := range guest {
 				b.ReportMetric(median(v), "kIOPS-guest-clock-"+p)
 			}
+			if len(host) == 0 {
+				b.Fatalf("%s: every run hung", name)
+			}
+			b.ReportMetric(float64(hangs), "hangs")
 			b.ReportMetric(0, "ns/op")
 		})
 	}
@@ -228,7 +257,7 @@ func BenchmarkGuestBlk(b *testing.B) {
 // blkBenchOnce boots one guest running blk-bench and returns kIOPS per
 // pattern as timed by the host and as timed by the guest.
 func blkBenchOnce(argv []string) (host, guest map[string]float64, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*benchBootTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	out, err := cmd.StdoutPipe()
@@ -265,6 +294,9 @@ func blkBenchOnce(argv []string) (host, guest map[string]float64, err error) {
 		}
 	}
 	werr := cmd.Wait()
+	if ctx.Err() != nil {
+		return nil, nil, errHang
+	}
 	if len(host) != 4 {
 		return nil, nil, fmt.Errorf("blk-bench incomplete (%d patterns; exit %v)\n%s", len(host), werr, stderr.String())
 	}

@@ -12,6 +12,12 @@
 #   BENCH_NET_TIME  -benchtime of each net benchmark (default 3s)
 #   BENCH_BLK_TIME  -benchtime of each blk benchmark (default 1s)
 #   BENCH_OUT       report (default docs/bench.md)
+#   BENCH_KVM       0 skips the KVM section (real guests, govmd next to QEMU)
+#   BENCH_KVM_RUNS  boots per VMM and benchmark (default 5)
+#
+# The KVM section runs the e2e benchmarks BenchmarkBootReady and
+# BenchmarkGuestBlk with a usable /dev/kvm, or else inside nested KVM on
+# QEMU TCG (scripts/nested.sh, docs/pvm.md), where QEMU runs too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${BENCH_ROUNDS:-9}
@@ -55,3 +61,18 @@ echo "bench: $rounds rounds in $(( $(date +%s) - start ))s" >&2
 	-blk-fs "$(stat -f -c %T "$blkdir")" -load-start "$load_start" -stat-start "$tmp/stat.start" \
 	"$tmp/net.txt" "$tmp/blk.txt"
 echo "bench: wrote $out" >&2
+
+if [ "${BENCH_KVM:-1}" != 0 ]; then
+	runs=${BENCH_KVM_RUNS:-5}
+	bench="-test.run=^\$ -test.bench=^(BenchmarkBootReady|BenchmarkGuestBlk)\$ -test.benchtime=${runs}x -test.timeout=60m"
+	if python3 -c 'import os; os.close(os.open("/dev/kvm", os.O_RDWR))' 2> /dev/null; then
+		where="hardware KVM (/dev/kvm of $(uname -n))"
+		(cd e2e && go test -c -o "$tmp/e2e.test" . && "$tmp/e2e.test" $bench) | tee "$tmp/kvm.txt"
+	else
+		where="nested KVM on QEMU TCG (no usable /dev/kvm here; docs/pvm.md)"
+		NESTED_QEMU=1 NESTED_RUN='^$' NESTED_ARGS="$bench" NESTED_NO_RETRY=1 NESTED_LOG="$tmp/kvm.txt" \
+			scripts/nested.sh ./e2e || echo "bench: the nested KVM run failed; see $tmp/kvm.txt" >&2
+	fi
+	"$tmp/benchreport" -kvm -kvm-where "$where" -o "$out" "$tmp/kvm.txt"
+	echo "bench: wrote the KVM section of $out" >&2
+fi

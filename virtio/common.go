@@ -47,7 +47,8 @@ type Common struct {
 	log  *ratelimit.Logger
 	slog *slog.Logger
 
-	kicks []*eventfd.EventFD // stable for the device's lifetime
+	kicks   []*eventfd.EventFD // stable for the device's lifetime
+	notices []atomic.Uint64    // used-buffer notifications sent, per queue
 
 	mu             sync.Mutex
 	status         uint8
@@ -82,6 +83,7 @@ func NewCommon(dev Device, mem *memory.Memory, irq Interrupter, log *slog.Logger
 		slog:         log,
 		log:          ratelimit.New(log, 10*time.Second, 10),
 		queues:       make([]queueState, len(sizes)),
+		notices:      make([]atomic.Uint64, len(sizes)),
 		configVector: NoVector,
 	}
 	for i, s := range sizes {
@@ -393,6 +395,7 @@ func (c *Common) RingStates() []*RingState {
 			continue
 		}
 		if r, err := q.RingState(); err == nil {
+			r.LastInterrupt, r.Interrupted = q.LastInterrupt()
 			out[i] = &r
 		}
 	}
@@ -682,7 +685,22 @@ func (c *Common) SetConfigVector(v uint16) {
 // commonTransport is Common as the device sees it.
 type commonTransport Common
 
-func (t *commonTransport) Notify(q int) { t.irq.QueueInterrupt(q) }
+func (t *commonTransport) Notify(q int) {
+	if q >= 0 && q < len(t.notices) {
+		t.notices[q].Add(1)
+	}
+	t.irq.QueueInterrupt(q)
+}
+
+// Notifications returns how many used-buffer notifications the device sent
+// for each queue since it was created.
+func (c *Common) Notifications() []uint64 {
+	out := make([]uint64, len(c.notices))
+	for i := range c.notices {
+		out[i] = c.notices[i].Load()
+	}
+	return out
+}
 
 func (t *commonTransport) ConfigChanged() {
 	c := (*Common)(t)

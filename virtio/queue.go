@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/govmd/govmd/memory"
 )
@@ -57,6 +58,10 @@ type Queue struct {
 	published uint16 // used->idx as last published
 	signalled uint16 // used->idx at the last interrupt decision
 	noNotify  bool   // VRING_USED_F_NO_NOTIFY currently set
+
+	// lastIRQ is used->idx+1 when Publish last asked for an interrupt (0:
+	// never), for diagnostics from other goroutines.
+	lastIRQ atomic.Uint32
 }
 
 // NewQueue checks a latched queue configuration against guest memory and the
@@ -289,7 +294,18 @@ func (q *Queue) Publish() (notify bool, err error) {
 	}
 	q.published = q.usedIdx
 	memory.Fence() // the index store must be visible before reading used_event
-	return q.needInterrupt()
+	notify, err = q.needInterrupt()
+	if notify {
+		q.lastIRQ.Store(uint32(q.published) + 1)
+	}
+	return notify, err
+}
+
+// LastInterrupt returns the used index at which Publish last asked for an
+// interrupt, and false if it never did. Safe from any goroutine.
+func (q *Queue) LastInterrupt() (uint16, bool) {
+	v := q.lastIRQ.Load()
+	return uint16(v - 1), v != 0
 }
 
 func (q *Queue) needInterrupt() (bool, error) {
@@ -346,11 +362,19 @@ func (q *Queue) DisableNotify() error {
 type RingState struct {
 	AvailIdx, AvailFlags, UsedEvent uint16
 	UsedIdx, UsedFlags, AvailEvent  uint16
+	// LastInterrupt is the used index of the device's last interrupt
+	// request, if Interrupted (filled in by Common.RingStates).
+	LastInterrupt uint16
+	Interrupted   bool
 }
 
 func (r RingState) String() string {
-	return fmt.Sprintf("avail_idx=%d used_idx=%d avail_flags=%#x used_flags=%#x used_event=%d avail_event=%d",
-		r.AvailIdx, r.UsedIdx, r.AvailFlags, r.UsedFlags, r.UsedEvent, r.AvailEvent)
+	irq := "never"
+	if r.Interrupted {
+		irq = fmt.Sprint(r.LastInterrupt)
+	}
+	return fmt.Sprintf("avail_idx=%d used_idx=%d avail_flags=%#x used_flags=%#x used_event=%d avail_event=%d last_interrupt_at=%s",
+		r.AvailIdx, r.UsedIdx, r.AvailFlags, r.UsedFlags, r.UsedEvent, r.AvailEvent, irq)
 }
 
 // RingState reads the rings from guest memory. It touches no device-side

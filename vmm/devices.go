@@ -181,9 +181,10 @@ func (v *VM) LogStats() {
 // logRings logs the ring indices of an active device's queues (debug
 // level): a stuck queue shows as avail_idx ahead of used_idx.
 func (v *VM) logRings(kind string, i int, tr *pcitransport.Transport) {
+	notices := tr.Common().Notifications()
 	for q, r := range tr.Common().RingStates() {
 		if r != nil {
-			v.log.Debug("virtio queue", kind, i, "queue", q, "rings", r.String())
+			v.log.Debug("virtio queue", kind, i, "queue", q, "rings", r.String(), "notifications", notices[q])
 		}
 	}
 }

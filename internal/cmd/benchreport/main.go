@@ -9,7 +9,11 @@
 //	    [-blk-fs NAME] [-load-start "1.0 2.0 3.0"] [-stat-start FILE] FILE...
 //
 // The KVM section of an existing report (from "## Guest boot and guest
-// I/O (needs KVM)" to the end) is kept as it is.
+// I/O (needs KVM)" to the end) is kept as it is. With -kvm, only that
+// section is rewritten, from the output of the e2e benchmarks
+// (BenchmarkBootReady, BenchmarkGuestBlk):
+//
+//	benchreport -kvm -kvm-where "nested KVM on QEMU TCG" -o docs/bench.md FILE...
 package main
 
 import (
@@ -43,8 +47,13 @@ func run(args []string) error {
 	blkFS := fs.String("blk-fs", "?", "file system of the blk image")
 	loadStart := fs.String("load-start", "?", "/proc/loadavg at the start")
 	statStart := fs.String("stat-start", "", "copy of /proc/stat taken at the start")
+	kvm := fs.Bool("kvm", false, "rewrite only the KVM section, from the e2e benchmarks in FILE...")
+	kvmWhere := fs.String("kvm-where", "?", "where the KVM benchmarks ran (for the report)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *kvm {
+		return runKVM(*out, *kvmWhere, fs.Args())
 	}
 	if fs.NArg() == 0 {
 		return errors.New("no benchmark output files")
@@ -165,4 +174,29 @@ func parseCPULine(stat string) (total, idle uint64, ok bool) {
 		return total, idle, true
 	}
 	return 0, 0, false
+}
+
+// runKVM rewrites the KVM section of the report at out.
+func runKVM(out, where string, files []string) error {
+	rs := Results{}
+	for _, name := range files {
+		f, err := os.Open(name)
+		if err != nil {
+			return err
+		}
+		err = Parse(f, rs)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	if len(rs) == 0 {
+		return errors.New("no KVM benchmark results in the input")
+	}
+	old, err := os.ReadFile(out)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	section := RenderKVM(rs, KVMInfo{Date: time.Now().UTC().Format("2006-01-02 15:04 UTC"), Where: where})
+	return os.WriteFile(out, []byte(ReplaceTail(string(old), section)), 0o644)
 }

@@ -169,3 +169,35 @@ BenchmarkIO/seq-read-4k/raw-2 10 1 ns/op 400000 IOPS 1 cpus
 		}
 	}
 }
+
+func TestRenderKVM(t *testing.T) {
+	out := `goos: linux
+BenchmarkBootReady/govmd-2         	       5	         0 ns/op	         5.000 boots	         0 hangs	        30.5 MiB-peak-rss	         3.200 s-guest-uptime	        12.00 s-to-ready
+BenchmarkBootReady/qemu-2          	       5	         0 ns/op	         3.000 boots	         2.000 hangs	       120.0 MiB-peak-rss	         3.500 s-guest-uptime	        15.00 s-to-ready
+BenchmarkGuestBlk/govmd-2          	       5	         0 ns/op	         0 hangs	         8.000 kIOPS-rand-read	        10.00 kIOPS-seq-read	         7.000 kIOPS-rand-write	         9.000 kIOPS-seq-write
+BenchmarkGuestBlk/qemu-2           	       5	         0 ns/op	         1.000 hangs	         4.000 kIOPS-rand-read	         5.000 kIOPS-seq-read	         3.500 kIOPS-rand-write	         4.500 kIOPS-seq-write
+PASS
+`
+	rs := Results{}
+	if err := Parse(strings.NewReader(out), rs); err != nil {
+		t.Fatal(err)
+	}
+	doc := RenderKVM(rs, KVMInfo{Date: "d", Where: "w"})
+	for _, want := range []string{
+		"| govmd | 12.00 | 3.20 | 30.5 | 5 | 0 |",
+		"| QEMU | 15.00 | 3.50 | 120.0 | 3 | 2 |",
+		"| wall time to GOVMD-READY | 0.80x |",
+		"| peak RSS | 0.25x |",
+		"| seq-read | 10.00 | 5.00 | 2.00x |",
+		"| rand-write | 7.00 | 3.50 | 2.00x |",
+		"Runs that hung: govmd 0, QEMU 1.",
+	} {
+		if !strings.Contains(doc, want) {
+			t.Errorf("KVM section lacks %q:\n%s", want, doc)
+		}
+	}
+	whole := ReplaceTail("# Benchmarks\n\nnet\n\n"+kvmHeading+"\n\nold\n", doc)
+	if !strings.HasPrefix(whole, "# Benchmarks\n\nnet\n\n"+kvmHeading) || strings.Contains(whole, "old") {
+		t.Errorf("ReplaceTail:\n%s", whole)
+	}
+}
