@@ -43,6 +43,13 @@ func TestBootReady(t *testing.T) {
 			if st := g.Wait(time.Minute); st != 0 {
 				t.Fatalf("govmd exit status %d, want 0\n%s", st, g.Stderr())
 			}
+			// The guest must know it runs on KVM (CPUID hypervisor bit and
+			// KVM leaves) and keep time with kvmclock, not jiffies.
+			for _, want := range []string{"Hypervisor detected: KVM", "clocksource: Switched to clocksource kvm-clock"} {
+				if !consoleHas(g, want) {
+					t.Errorf("guest console lacks %q", want)
+				}
+			}
 			t.Logf("GOVMD-READY at guest uptime %ss, %.1fs wall", m[1], time.Since(g.start).Seconds())
 		})
 	}
@@ -93,4 +100,14 @@ func writeImage(t *testing.T, size int) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// consoleHas reports whether a console line contains s.
+func consoleHas(g *Guest, s string) bool {
+	for _, l := range g.Console() {
+		if strings.Contains(l, s) {
+			return true
+		}
+	}
+	return false
 }

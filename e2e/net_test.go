@@ -22,6 +22,11 @@ const (
 	guestIP  = "10.77.0.2"
 	tapName  = "gvtap0"
 	rxPort   = 5001 // the guest listens (tcp-rx)
+	// tcpBytesCI is the transfer of the CI subset: in nested KVM on QEMU
+	// TCG the guests lose an interrupt now and then under load (see
+	// docs/pvm.md), and the chance grows with the traffic. The full matrix
+	// moves tcpBytes each way.
+	tcpBytesCI = 1 << 20
 	txPort   = 5002 // the host listens (tcp-tx)
 	waitPort = 5003 // the guest waits for the host (wait-host)
 	tcpBytes = 4 << 20
@@ -150,12 +155,16 @@ func runNetCase(t *testing.T, c netCase) {
 		txDone <- fmt.Sprintf("%d %x", n, h.Sum(nil))
 	}()
 
+	size := tcpBytes
+	if !full() {
+		size = tcpBytesCI
+	}
 	steps := "ready,virtio,net,ping,tcp-rx,tcp-tx"
 	if c.offloadsOff {
 		steps += ",offloads-off,wait-host,offloads-on,wait-host"
 	}
 	extra := fmt.Sprintf("govmd.test=%s govmd.ip=%s/24 govmd.peer=%s govmd.tcp.port=%d govmd.tcp.txport=%d govmd.tcp.bytes=%d govmd.wait.port=%d",
-		steps, guestIP, hostIP, rxPort, txPort, tcpBytes, waitPort)
+		steps, guestIP, hostIP, rxPort, txPort, size, waitPort)
 	if c.forceLegacy {
 		extra += " virtio_pci.force_legacy=1"
 	}
@@ -197,7 +206,7 @@ func runNetCase(t *testing.T, c netCase) {
 	}
 	// Host -> guest TCP.
 	g.Expect(`GOVMD-TCP-LISTENING port=`, 2*time.Minute)
-	data := pattern(tcpBytes)
+	data := pattern(size)
 	if err := ns.Do(func() error {
 		conn, err := net.DialTimeout("tcp4", fmt.Sprintf("%s:%d", guestIP, rxPort), 30*time.Second)
 		if err != nil {
@@ -216,12 +225,12 @@ func runNetCase(t *testing.T, c netCase) {
 	if res["ping.received"] == "" || res["ping.received"] == "0" {
 		t.Errorf("guest ping of the host: %s of %s received", res["ping.received"], res["ping.transmitted"])
 	}
-	if got := res["tcp.rx.sha256"]; got != hexSHA(data) || res["tcp.rx.bytes"] != fmt.Sprint(tcpBytes) {
-		t.Errorf("host->guest TCP: guest got %s bytes sha256 %s, sent %d sha256 %s", res["tcp.rx.bytes"], got, tcpBytes, hexSHA(data))
+	if got := res["tcp.rx.sha256"]; got != hexSHA(data) || res["tcp.rx.bytes"] != fmt.Sprint(size) {
+		t.Errorf("host->guest TCP: guest got %s bytes sha256 %s, sent %d sha256 %s", res["tcp.rx.bytes"], got, size, hexSHA(data))
 	}
 	select {
 	case got := <-txDone:
-		if want := fmt.Sprintf("%d %s", tcpBytes, hexSHA(data)); got != want {
+		if want := fmt.Sprintf("%d %s", size, hexSHA(data)); got != want {
 			t.Errorf("guest->host TCP: host got %q, want %q", got, want)
 		}
 		if res["tcp.tx.sha256"] != hexSHA(data) {
@@ -297,7 +306,7 @@ func release(t *testing.T, ns *harness.NS) {
 // GOVMD_BIN names qemu-system-x86_64.
 func qemuNetArgs(t *testing.T, line string, c netCase) []string {
 	t.Helper()
-	dev := "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56"
+	dev := "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,romfile="
 	switch c.transport {
 	case "modern":
 		dev += ",disable-legacy=on"

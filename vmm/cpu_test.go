@@ -21,7 +21,7 @@ func find(entries []kvm.CPUIDEntry, fn, index uint32) (kvm.CPUIDEntry, bool) {
 func TestGuestCPUID(t *testing.T) {
 	all := ^uint32(0)
 	supported := []kvm.CPUIDEntry{
-		{Function: 1, EAX: 0x00a10f11, EBX: 0xff000800, ECX: all, EDX: all},
+		{Function: 1, EAX: 0x00a10f11, EBX: 0xff000800, ECX: all &^ cpuid1ECXHypervisor, EDX: all},
 		{Function: 7, Index: 0, EBX: all, ECX: all, EDX: all},
 		{Function: 7, Index: 1, EAX: all},
 		{Function: 0xb, Index: 0, EAX: 1, EBX: 2, ECX: 0x100, EDX: 99},
@@ -42,6 +42,7 @@ func TestGuestCPUID(t *testing.T) {
 		absent  bool
 	}{
 		{"apic id", 3, 4, false, 1, 0, func(e kvm.CPUIDEntry) bool { return e.EBX>>24 == 3 && e.EBX>>16&0xff == 4 }, "EBX apic id 3, 4 logical", false},
+		{"hypervisor bit", 0, 1, false, 1, 0, func(e kvm.CPUIDEntry) bool { return e.ECX&cpuid1ECXHypervisor != 0 }, "ECX bit 31 set", false},
 		{"x2apic id", 2, 4, false, 0xb, 1, func(e kvm.CPUIDEntry) bool { return e.EDX == 2 && e.EBX == 4 && e.EAX == 2 }, "EDX 2, 4 cores, shift 2", false},
 		{"smt level", 2, 4, false, 0xb, 0, func(e kvm.CPUIDEntry) bool { return e.EBX == 1 && e.EAX == 0 }, "1 thread", false},
 		{"amd cores", 0, 2, false, 0x80000008, 0, func(e kvm.CPUIDEntry) bool { return e.ECX&0xff == 1 && e.ECX>>12&0xf == 1 }, "NC 1", false},
@@ -81,7 +82,7 @@ func TestGuestCPUID(t *testing.T) {
 		})
 	}
 	// The input is not modified.
-	if supported[0].ECX != all {
+	if supported[0].ECX != all&^cpuid1ECXHypervisor {
 		t.Error("guestCPUID modified its input")
 	}
 }

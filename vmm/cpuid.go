@@ -26,6 +26,11 @@ const (
 	cpuid1ECXAVX     = 1 << 28
 	cpuid1ECXF16C    = 1 << 29
 	cpuid1ECXRDRAND  = 1 << 30
+	// cpuid1ECXHypervisor tells the guest it runs under a hypervisor.
+	// KVM_GET_SUPPORTED_CPUID does not report it; without it Linux never
+	// looks at the KVM leaves 0x40000000-1 (no kvmclock, no PV features)
+	// and falls back to jiffies for time.
+	cpuid1ECXHypervisor = 1 << 31
 	// leaf 1 EDX
 	cpuid1EDXHTT = 1 << 28
 	// leaf 7.0 EBX
@@ -90,6 +95,7 @@ func guestCPUID(supported []kvm.CPUIDEntry, id, n int, pvm bool) []kvm.CPUIDEntr
 		switch e.Function {
 		case 1:
 			e.EBX = e.EBX&0x0000ffff | uint32(id)<<24 | uint32(n)<<16
+			e.ECX |= cpuid1ECXHypervisor
 			if n > 1 {
 				e.EDX |= cpuid1EDXHTT
 			}

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/govmd/govmd/devices/blk"
 	vnet "github.com/govmd/govmd/devices/net"
@@ -181,6 +182,19 @@ func (v *VM) LogStats() {
 // logRings logs the ring indices of an active device's queues (debug
 // level): a stuck queue shows as avail_idx ahead of used_idx.
 func (v *VM) logRings(kind string, i int, tr *pcitransport.Transport) {
+	m := tr.MSIX()
+	var vecs []string
+	for vec := 0; vec < m.Vectors(); vec++ {
+		st := "on"
+		if m.Masked(vec) {
+			st = "masked"
+		}
+		if m.Pending(vec) {
+			st += "+pending"
+		}
+		vecs = append(vecs, fmt.Sprintf("%d:%s", vec, st))
+	}
+	v.log.Debug("virtio msi-x", kind, i, "enabled", m.Enabled(), "vectors", strings.Join(vecs, " "))
 	notices := tr.Common().Notifications()
 	for q, r := range tr.Common().RingStates() {
 		if r != nil {
