@@ -18,18 +18,18 @@ import (
 
 // Addresses inside each test's network namespace.
 const (
-	hostIP   = "10.77.0.1"
-	guestIP  = "10.77.0.2"
-	tapName  = "gvtap0"
-	rxPort   = 5001 // the guest listens (tcp-rx)
+	hostIP  = "10.77.0.1"
+	guestIP = "10.77.0.2"
+	tapName = "gvtap0"
+	rxPort  = 5001 // the guest listens (tcp-rx)
 	// tcpBytesCI is the transfer of the CI subset: in nested KVM on QEMU
 	// TCG the guests lose an interrupt now and then under load (see
 	// docs/pvm.md), and the chance grows with the traffic. The full matrix
 	// moves tcpBytes each way.
 	tcpBytesCI = 1 << 20
-	txPort   = 5002 // the host listens (tcp-tx)
-	waitPort = 5003 // the guest waits for the host (wait-host)
-	tcpBytes = 4 << 20
+	txPort     = 5002 // the host listens (tcp-tx)
+	waitPort   = 5003 // the guest waits for the host (wait-host)
+	tcpBytes   = 4 << 20
 )
 
 // Feature bits as the guest prints them (/sys/bus/virtio/devices/*/features:
