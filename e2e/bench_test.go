@@ -34,7 +34,7 @@ func BenchmarkBootReady(b *testing.B) {
 	vmms := map[string][]string{
 		"govmd": {govmdB(b), "run", "--kernel", vmlinux, "--initrd", initrd, "--cmdline", line,
 			"--cpus", "2", "--memory", "256M", "--log-level", "warn"},
-		"qemu": {"qemu-system-x86_64", "-enable-kvm", "-cpu", "host", "-smp", "2", "-m", "256",
+		"qemu": {"qemu-system-x86_64", "-enable-kvm", "-cpu", qemuCPU(), "-smp", "2", "-m", "256",
 			"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
 			"-bios", qbootROM(), "-kernel", vmlinux, "-initrd", initrd, "-append", line},
 	}
@@ -206,7 +206,7 @@ func BenchmarkGuestBlk(b *testing.B) {
 	vmms := map[string][]string{
 		"govmd": {govmdB(b), "run", "--kernel", vmlinux, "--initrd", initrd, "--cmdline", line,
 			"--cpus", "2", "--memory", "256M", "--log-level", "warn", "--disk", img},
-		"qemu": {"qemu-system-x86_64", "-enable-kvm", "-cpu", "host", "-smp", "2", "-m", "256",
+		"qemu": {"qemu-system-x86_64", "-enable-kvm", "-cpu", qemuCPU(), "-smp", "2", "-m", "256",
 			"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
 			"-bios", qbootROM(), "-kernel", vmlinux, "-initrd", initrd, "-append", line,
 			"-drive", "file=" + img + ",format=raw,if=none,id=d0,cache=writeback",

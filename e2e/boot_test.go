@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/govmd/govmd/kvm"
 )
 
 // bootTimeout bounds one boot of the test kernel to userspace. Under
@@ -33,8 +35,9 @@ func cmdline(t *testing.T, extra string) string {
 func TestBootReady(t *testing.T) {
 	for _, kernel := range []string{"linux/bzImage", "linux/vmlinux"} {
 		t.Run(strings.TrimPrefix(kernel, "linux/"), func(t *testing.T) {
+			line := cmdline(t, "govmd.test=ready")
 			g := Start(t, "run", "--kernel", image(t, kernel), "--initrd", image(t, "initrd.cpio.gz"),
-				"--cmdline", cmdline(t, "govmd.test=ready"), "--cpus", "2", "--memory", "256M")
+				"--cmdline", line, "--cpus", "2", "--memory", "256M")
 			m := g.Expect(`GOVMD-READY uptime=([0-9.]+) cpus=([0-9]+)`, bootTimeout)
 			if m[2] != "2" {
 				t.Errorf("guest saw %s CPUs, want 2", m[2])
@@ -44,8 +47,17 @@ func TestBootReady(t *testing.T) {
 				t.Fatalf("govmd exit status %d, want 0\n%s", st, g.Stderr())
 			}
 			// The guest must know it runs on KVM (CPUID hypervisor bit and
-			// KVM leaves) and keep time with kvmclock, not jiffies.
-			for _, want := range []string{"Hypervisor detected: KVM", "clocksource: Switched to clocksource kvm-clock"} {
+			// KVM leaves) and keep time with kvmclock, not jiffies; with
+			// the bare profile (detected on KVM nested in QEMU TCG) it
+			// must see no hypervisor at all.
+			wants := []string{"Hypervisor detected: KVM", "clocksource: Switched to clocksource kvm-clock"}
+			if kvm.DetectHostProfile().Bare {
+				wants = nil
+				if consoleHas(g, "Hypervisor detected") {
+					t.Errorf("bare profile: the guest detected a hypervisor")
+				}
+			}
+			for _, want := range wants {
 				if !consoleHas(g, want) {
 					t.Errorf("guest console lacks %q", want)
 				}
@@ -110,4 +122,14 @@ func consoleHas(g *Guest, s string) bool {
 		}
 	}
 	return false
+}
+
+// qemuCPU is QEMU's -cpu for the guests that run next to govmd's: the host
+// CPU, and on hosts where govmd's automatic CPU profile is bare (KVM nested
+// in QEMU TCG) the same bare CPU, no hypervisor bit and no KVM leaves.
+func qemuCPU() string {
+	if kvm.DetectHostProfile().Bare {
+		return "host,kvm=off,-hypervisor"
+	}
+	return "host"
 }

@@ -14,6 +14,14 @@ type HostProfile struct {
 	// run in KVM's instruction emulator: slowly, and with
 	// ExitInternalError for instructions the emulator lacks.
 	PVM bool
+	// Bare is true when the guest should see no paravirtual interface
+	// (no hypervisor CPUID bit, no KVM leaves): KVM here is itself nested
+	// on QEMU's TCG software emulation, where a nested guest's TSCs are
+	// skewed across its vCPUs. With kvmclock such a guest reads a TSC
+	// frequency it cannot use, fails its local APIC timer check and then
+	// has no timer interrupts (sleeps never end). Without the KVM leaves
+	// it calibrates its timers against the PIT, which works there.
+	Bare bool
 	// Reason says what the decision is based on, for logs.
 	Reason string
 }
@@ -32,6 +40,9 @@ func DetectHostProfile() HostProfile {
 func IsPVM() bool { return DetectHostProfile().PVM }
 
 func detectHostProfile(moduleLoaded func(string) bool, cpuinfo []byte) HostProfile {
+	if isQEMUTCG(cpuinfo) {
+		return HostProfile{Bare: true, Reason: "the host CPU is QEMU TCG (KVM nested on software emulation)"}
+	}
 	switch {
 	case moduleLoaded("kvm_pvm"):
 		return HostProfile{PVM: true, Reason: "module kvm_pvm is loaded"}
@@ -67,4 +78,19 @@ func cpuFlags(cpuinfo []byte) map[string]bool {
 		return flags
 	}
 	return nil
+}
+
+// isQEMUTCG reports whether the first "model name" of a /proc/cpuinfo text
+// is QEMU's TCG CPU (QEMU without hardware acceleration names its CPU
+// models "QEMU TCG CPU version ...").
+func isQEMUTCG(cpuinfo []byte) bool {
+	sc := bufio.NewScanner(bytes.NewReader(cpuinfo))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		key, val, ok := strings.Cut(sc.Text(), ":")
+		if ok && strings.TrimSpace(key) == "model name" {
+			return strings.Contains(val, "QEMU TCG CPU")
+		}
+	}
+	return false
 }

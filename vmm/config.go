@@ -31,8 +31,9 @@ type Config struct {
 	Disks []DiskConfig
 
 	// CPUProfile selects the CPU the guest sees: "auto" (default: detect
-	// the host), "host" (everything KVM supports) or "pvm" (avoid what a
-	// software-nested PVM host cannot emulate).
+	// the host), "host" (everything KVM supports), "pvm" (avoid what a
+	// software-nested PVM host cannot emulate) or "bare" (no hypervisor
+	// bit and no KVM paravirtual leaves: for KVM nested on QEMU TCG).
 	CPUProfile string
 
 	Log *slog.Logger
@@ -102,9 +103,9 @@ func (c *Config) Validate() error {
 	switch c.CPUProfile {
 	case "":
 		c.CPUProfile = "auto"
-	case "auto", "host", "pvm":
+	case "auto", "host", "pvm", "bare":
 	default:
-		return configErr("cpu profile %q is not one of auto, host, pvm", c.CPUProfile)
+		return configErr("cpu profile %q is not one of auto, host, pvm, bare", c.CPUProfile)
 	}
 	if len(c.Nets)+len(c.Disks) > maxDevices {
 		return configErr("too many devices (%d, at most %d)", len(c.Nets)+len(c.Disks), maxDevices)

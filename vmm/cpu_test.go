@@ -35,37 +35,40 @@ func TestGuestCPUID(t *testing.T) {
 	tests := []struct {
 		name    string
 		id, n   int
-		pvm     bool
+		p       guestProfile
 		fn, idx uint32
 		check   func(e kvm.CPUIDEntry) bool
 		what    string
 		absent  bool
 	}{
-		{"apic id", 3, 4, false, 1, 0, func(e kvm.CPUIDEntry) bool { return e.EBX>>24 == 3 && e.EBX>>16&0xff == 4 }, "EBX apic id 3, 4 logical", false},
-		{"hypervisor bit", 0, 1, false, 1, 0, func(e kvm.CPUIDEntry) bool { return e.ECX&cpuid1ECXHypervisor != 0 }, "ECX bit 31 set", false},
-		{"x2apic id", 2, 4, false, 0xb, 1, func(e kvm.CPUIDEntry) bool { return e.EDX == 2 && e.EBX == 4 && e.EAX == 2 }, "EDX 2, 4 cores, shift 2", false},
-		{"smt level", 2, 4, false, 0xb, 0, func(e kvm.CPUIDEntry) bool { return e.EBX == 1 && e.EAX == 0 }, "1 thread", false},
-		{"amd cores", 0, 2, false, 0x80000008, 0, func(e kvm.CPUIDEntry) bool { return e.ECX&0xff == 1 && e.ECX>>12&0xf == 1 }, "NC 1", false},
-		{"no topoext", 0, 2, false, 0x80000001, 0, func(e kvm.CPUIDEntry) bool { return e.ECX&cpuid80000001ECXTOE == 0 }, "TOPOEXT clear", false},
-		{"host keeps popcnt", 0, 1, false, 1, 0, func(e kvm.CPUIDEntry) bool { return e.ECX&cpuid1ECXPOPCNT != 0 && e.ECX&cpuid1ECXXSAVE != 0 }, "popcnt and xsave", false},
-		{"host keeps smap", 0, 1, false, 7, 0, func(e kvm.CPUIDEntry) bool { return e.EBX&cpuid7EBXSMAP != 0 }, "smap", false},
-		{"host keeps xsave leaf", 0, 1, false, 0xd, 0, func(kvm.CPUIDEntry) bool { return true }, "", false},
-		{"pvm clears popcnt cx16 xsave", 0, 1, true, 1, 0, func(e kvm.CPUIDEntry) bool {
+		{"apic id", 3, 4, guestProfile{}, 1, 0, func(e kvm.CPUIDEntry) bool { return e.EBX>>24 == 3 && e.EBX>>16&0xff == 4 }, "EBX apic id 3, 4 logical", false},
+		{"hypervisor bit", 0, 1, guestProfile{}, 1, 0, func(e kvm.CPUIDEntry) bool { return e.ECX&cpuid1ECXHypervisor != 0 }, "ECX bit 31 set", false},
+		{"x2apic id", 2, 4, guestProfile{}, 0xb, 1, func(e kvm.CPUIDEntry) bool { return e.EDX == 2 && e.EBX == 4 && e.EAX == 2 }, "EDX 2, 4 cores, shift 2", false},
+		{"smt level", 2, 4, guestProfile{}, 0xb, 0, func(e kvm.CPUIDEntry) bool { return e.EBX == 1 && e.EAX == 0 }, "1 thread", false},
+		{"amd cores", 0, 2, guestProfile{}, 0x80000008, 0, func(e kvm.CPUIDEntry) bool { return e.ECX&0xff == 1 && e.ECX>>12&0xf == 1 }, "NC 1", false},
+		{"no topoext", 0, 2, guestProfile{}, 0x80000001, 0, func(e kvm.CPUIDEntry) bool { return e.ECX&cpuid80000001ECXTOE == 0 }, "TOPOEXT clear", false},
+		{"host keeps popcnt", 0, 1, guestProfile{}, 1, 0, func(e kvm.CPUIDEntry) bool { return e.ECX&cpuid1ECXPOPCNT != 0 && e.ECX&cpuid1ECXXSAVE != 0 }, "popcnt and xsave", false},
+		{"host keeps smap", 0, 1, guestProfile{}, 7, 0, func(e kvm.CPUIDEntry) bool { return e.EBX&cpuid7EBXSMAP != 0 }, "smap", false},
+		{"host keeps xsave leaf", 0, 1, guestProfile{}, 0xd, 0, func(kvm.CPUIDEntry) bool { return true }, "", false},
+		{"pvm clears popcnt cx16 xsave", 0, 1, guestProfile{pvm: true}, 1, 0, func(e kvm.CPUIDEntry) bool {
 			return e.ECX&(cpuid1ECXPOPCNT|cpuid1ECXCX16|cpuid1ECXXSAVE|cpuid1ECXOSXSAVE|cpuid1ECXAVX) == 0
 		}, "popcnt, cx16, xsave, avx clear", false},
-		{"pvm clears smap fsgsbase erms archcaps", 0, 1, true, 7, 0, func(e kvm.CPUIDEntry) bool {
+		{"pvm clears smap fsgsbase erms archcaps", 0, 1, guestProfile{pvm: true}, 7, 0, func(e kvm.CPUIDEntry) bool {
 			return e.EBX&(cpuid7EBXSMAP|cpuid7EBXFSGSBASE|cpuid7EBXERMS|cpuid7EBXAVX2) == 0 && e.EDX&(cpuid7EDXArchCaps|cpuid7EDXFSRM) == 0
 		}, "smap, fsgsbase, erms, avx2, arch_capabilities clear", false},
-		{"pvm leaves leaf 7.1", 0, 1, true, 7, 1, func(e kvm.CPUIDEntry) bool { return e.EAX == all }, "untouched", false},
-		{"pvm clears pv hypercall features", 0, 1, true, 0x40000001, 0, func(e kvm.CPUIDEntry) bool {
+		{"pvm leaves leaf 7.1", 0, 1, guestProfile{pvm: true}, 7, 1, func(e kvm.CPUIDEntry) bool { return e.EAX == all }, "untouched", false},
+		{"pvm clears pv hypercall features", 0, 1, guestProfile{pvm: true}, 0x40000001, 0, func(e kvm.CPUIDEntry) bool {
 			return e.EAX&(kvmFeaturePVSendIPI|kvmFeaturePVSchedYield|kvmFeaturePVUnhalt) == 0 && e.EAX&1 != 0
 		}, "PV IPI, yield, unhalt clear; clocksource kept", false},
-		{"pvm drops xsave leaf", 0, 1, true, 0xd, 0, nil, "", true},
-		{"topoext leaf dropped", 0, 1, false, 0x8000001e, 0, nil, "", true},
+		{"pvm drops xsave leaf", 0, 1, guestProfile{pvm: true}, 0xd, 0, nil, "", true},
+		{"bare has no hypervisor bit", 0, 1, guestProfile{bare: true}, 1, 0, func(e kvm.CPUIDEntry) bool { return e.ECX&cpuid1ECXHypervisor == 0 && e.ECX&cpuid1ECXPOPCNT != 0 }, "ECX bit 31 clear, popcnt kept", false},
+		{"bare has no kvm leaves", 0, 1, guestProfile{bare: true}, 0x40000001, 0, nil, "", true},
+		{"host keeps kvm leaves", 0, 1, guestProfile{}, 0x40000001, 0, func(e kvm.CPUIDEntry) bool { return e.EAX == all }, "all PV features", false},
+		{"topoext leaf dropped", 0, 1, guestProfile{}, 0x8000001e, 0, nil, "", true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := guestCPUID(supported, tc.id, tc.n, tc.pvm)
+			got := guestCPUID(supported, tc.id, tc.n, tc.p)
 			e, ok := find(got, tc.fn, tc.idx)
 			if tc.absent {
 				if ok {
@@ -89,16 +92,20 @@ func TestGuestCPUID(t *testing.T) {
 
 func TestResolveProfile(t *testing.T) {
 	pvmHost := func() kvm.HostProfile { return kvm.HostProfile{PVM: true, Reason: "test"} }
+	tcgHost := func() kvm.HostProfile { return kvm.HostProfile{Bare: true, Reason: "test"} }
 	hw := func() kvm.HostProfile { return kvm.HostProfile{Reason: "test"} }
 	for _, tc := range []struct {
 		profile string
 		detect  func() kvm.HostProfile
-		want    bool
+		want    guestProfile
 	}{
-		{ProfileAuto, pvmHost, true}, {ProfileAuto, hw, false}, {ProfileHost, pvmHost, false}, {ProfilePVM, hw, true},
+		{ProfileAuto, pvmHost, guestProfile{pvm: true}}, {ProfileAuto, hw, guestProfile{}},
+		{ProfileAuto, tcgHost, guestProfile{bare: true}}, {ProfileHost, pvmHost, guestProfile{}},
+		{ProfileHost, tcgHost, guestProfile{}}, {ProfilePVM, hw, guestProfile{pvm: true}},
+		{ProfileBare, hw, guestProfile{bare: true}},
 	} {
 		if got, _ := resolveProfile(tc.profile, tc.detect); got != tc.want {
-			t.Errorf("resolveProfile(%q) = %v", tc.profile, got)
+			t.Errorf("resolveProfile(%q) = %+v, want %+v", tc.profile, got, tc.want)
 		}
 	}
 }

@@ -9,6 +9,19 @@ const (
 	ProfileAuto = "auto" // detect the host
 	ProfileHost = "host" // everything KVM supports
 	ProfilePVM  = "pvm"  // avoid what a software-nested PVM host cannot run
+	ProfileBare = "bare" // no hypervisor bit, no KVM paravirtual leaves
+)
+
+// guestProfile is what resolveProfile decided for the guest's CPUID.
+type guestProfile struct {
+	pvm  bool // remove what PVM's instruction emulator cannot run
+	bare bool // present no hypervisor: no CPUID bit 31, no KVM leaves
+}
+
+// kvmLeaves is the CPUID range of KVM's paravirtual interface.
+const (
+	kvmLeafFirst = 0x40000000
+	kvmLeafLast  = 0x400000ff
 )
 
 // cpuid bit positions used below.
@@ -84,18 +97,25 @@ var pvmMasks = []struct {
 // guestCPUID returns the CPUID table for vCPU id of n, from what KVM
 // supports. It sets the APIC IDs and a flat topology (n cores of one
 // thread in one package) and, for the PVM profile, removes the features
-// listed in pvmMasks.
-func guestCPUID(supported []kvm.CPUIDEntry, id, n int, pvm bool) []kvm.CPUIDEntry {
+// listed in pvmMasks; the bare profile removes the hypervisor bit and the
+// KVM leaves.
+func guestCPUID(supported []kvm.CPUIDEntry, id, n int, p guestProfile) []kvm.CPUIDEntry {
+	pvm := p.pvm
 	out := make([]kvm.CPUIDEntry, 0, len(supported))
 	coreBits := uint32(0)
 	for 1<<coreBits < n {
 		coreBits++
 	}
 	for _, e := range supported {
+		if p.bare && e.Function >= kvmLeafFirst && e.Function <= kvmLeafLast {
+			continue
+		}
 		switch e.Function {
 		case 1:
 			e.EBX = e.EBX&0x0000ffff | uint32(id)<<24 | uint32(n)<<16
-			e.ECX |= cpuid1ECXHypervisor
+			if !p.bare {
+				e.ECX |= cpuid1ECXHypervisor
+			}
 			if n > 1 {
 				e.EDX |= cpuid1EDXHTT
 			}
@@ -143,15 +163,17 @@ func guestCPUID(supported []kvm.CPUIDEntry, id, n int, pvm bool) []kvm.CPUIDEntr
 	return out
 }
 
-// resolveProfile turns Config.CPUProfile into whether the PVM profile
-// applies, with the reason for logs.
-func resolveProfile(profile string, detect func() kvm.HostProfile) (pvm bool, why string) {
+// resolveProfile turns Config.CPUProfile into the guest profile, with the
+// reason for logs.
+func resolveProfile(profile string, detect func() kvm.HostProfile) (guestProfile, string) {
 	switch profile {
 	case ProfileHost:
-		return false, "--cpu-profile host"
+		return guestProfile{}, "--cpu-profile host"
 	case ProfilePVM:
-		return true, "--cpu-profile pvm"
+		return guestProfile{pvm: true}, "--cpu-profile pvm"
+	case ProfileBare:
+		return guestProfile{bare: true}, "--cpu-profile bare"
 	}
 	hp := detect()
-	return hp.PVM, "detected: " + hp.Reason
+	return guestProfile{pvm: hp.PVM, bare: hp.Bare}, "detected: " + hp.Reason
 }

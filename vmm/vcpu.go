@@ -161,7 +161,7 @@ func (v *VM) vcpuMain(id int, ready chan<- error, start <-chan struct{}) {
 // setupVCPU gives a new vCPU its CPUID and, for the boot vCPU, the kernel
 // entry state and the local APIC's LINT wiring.
 func (v *VM) setupVCPU(cpu *kvm.VCPU, id int) error {
-	if err := cpu.SetCPUID2(guestCPUID(v.cpuid, id, v.cfg.CPUs, v.pvm)); err != nil {
+	if err := cpu.SetCPUID2(guestCPUID(v.cpuid, id, v.cfg.CPUs, v.prof)); err != nil {
 		return err
 	}
 	if id != 0 {

@@ -47,9 +47,10 @@ func (r Result) String() string {
 // VM is one virtual machine. New builds it (nothing runs yet), Run runs it
 // once, Close releases everything New created, in every case.
 type VM struct {
-	cfg Config
-	log *slog.Logger
-	pvm bool
+	cfg  Config
+	log  *slog.Logger
+	pvm  bool
+	prof guestProfile
 
 	sys    *kvm.System
 	kvm    *kvm.VM
@@ -98,9 +99,9 @@ func New(cfg Config) (_ *VM, err error) {
 			v.Close()
 		}
 	}()
-	pvm, why := resolveProfile(cfg.CPUProfile, kvm.DetectHostProfile)
-	v.pvm = pvm
-	v.log.Debug("cpu profile", "pvm", pvm, "why", why)
+	prof, why := resolveProfile(cfg.CPUProfile, kvm.DetectHostProfile)
+	v.prof, v.pvm = prof, prof.pvm
+	v.log.Debug("cpu profile", "pvm", prof.pvm, "bare", prof.bare, "why", why)
 
 	// 1. Everything that can be wrong with the user's files, before KVM.
 	kernel, err := os.ReadFile(cfg.Kernel)

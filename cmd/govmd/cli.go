@@ -30,7 +30,7 @@ const usage = `usage:
   govmd run --kernel PATH [--initrd PATH] [--cmdline STR] [--memory 512M] [--cpus N]
             [--console stdio|PATH] [--net tap=NAME[,mac=MAC][,transport=transitional|modern|legacy]
             [,offload=on|off|csum][,locked]]... [--disk PATH[,ro][,serial=ID][,transport=...]]...
-            [--cpu-profile auto|host|pvm] [--log-level debug|info|warn|error]
+            [--cpu-profile auto|host|pvm|bare] [--log-level debug|info|warn|error]
   govmd version
 `
 
@@ -94,7 +94,7 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.Initrd, "initrd", "", "initramfs")
 	fs.StringVar(&cfg.Cmdline, "cmdline", "console=ttyS0", "kernel command line")
 	fs.IntVar(&cfg.CPUs, "cpus", 1, "number of vCPUs")
-	fs.StringVar(&cfg.CPUProfile, "cpu-profile", "auto", "auto, host or pvm")
+	fs.StringVar(&cfg.CPUProfile, "cpu-profile", "auto", "auto, host, pvm or bare")
 	fs.Var(&nets, "net", "virtio-net NIC (repeatable)")
 	fs.Var(&disks, "disk", "virtio-blk disk (repeatable)")
 	if err := fs.Parse(args); err != nil {
