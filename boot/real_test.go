@@ -88,7 +88,10 @@ func checkRealBzImage(t *testing.T, mem *memory.Memory, kernel []byte, l *Loaded
 	if h.Version < 0x020c || h.XLoadFlags&XLFKernel64 == 0 {
 		t.Errorf("protocol %s xloadflags %#x: want a 64-bit kernel with protocol 2.12+", versionString(h.Version), h.XLoadFlags)
 	}
-	if h.RelocatableKernel == 0 || h.KernelAlignment == 0 || h.PrefAddress%uint64(h.KernelAlignment) != 0 {
+	// The test kernel is not relocatable (CONFIG_RELOCATABLE off): it must
+	// run at pref_address, which the check of KernelRange below covers. A
+	// relocatable kernel's pref_address is kernel_alignment-aligned.
+	if h.RelocatableKernel != 0 && (h.KernelAlignment == 0 || h.PrefAddress%uint64(h.KernelAlignment) != 0) {
 		t.Errorf("pref_address %#x not aligned to kernel_alignment %#x", h.PrefAddress, h.KernelAlignment)
 	}
 	if uint64(h.InitSize) < uint64(h.Syssize)*16 || h.CmdlineSize < 255 {
