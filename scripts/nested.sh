@@ -128,6 +128,10 @@ for p in "${PKGS[@]}"; do
 done
 cp images/out/linux/vmlinux images/out/linux/bzImage "$R/images/linux/"
 cp images/out/initrd.cpio.gz images/out/cmdline "$R/images/"
+# The stock Debian kernel (51 MB) only for the full matrix (TestBootDebian).
+if [ "${GOVMD_E2E:-}" = full ] && [ -d images/out/debian ]; then
+	cp -r images/out/debian "$R/images/"
+fi
 cp scripts/nested-init.sh "$R/init"
 chmod +x "$R/init"
 (cd "$R" && find . | cpio -o -H newc --quiet | gzip -1) > "$W/base.gz"
