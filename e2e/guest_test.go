@@ -328,6 +328,12 @@ func (g *Guest) Wait(timeout time.Duration) int {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 			return -1
 		}
+		// A guest kernel that panicked reboots (panic=-1) and govmd
+		// exits with 3: say so in the words scripts/nested.sh knows.
+		if crash := g.crashLine(); crash != "" && ee.ExitCode() != 0 {
+			g.t.Helper()
+			g.t.Fatalf("guest kernel failed (govmd exit status %d): %q", ee.ExitCode(), crash)
+		}
 		return ee.ExitCode()
 	}
 	return -1
