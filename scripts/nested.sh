@@ -183,7 +183,7 @@ fi
 # on their own (QEMU's guests more often than govmd's; see docs/pvm.md):
 # the e2e helpers report that as "guest console stalled" or "guest kernel
 # failed". Top-level tests that failed then are rerun, up to
-# NESTED_RETRIES times (default 2), and the log says so. Any other failure
+# NESTED_RETRIES times (default 3), and the log says so. Any other failure
 # stands.
 try=1
 while :; do
@@ -191,7 +191,7 @@ while :; do
 	flakes=$(grep -c -e 'guest console stalled' -e 'guest kernel failed' "$LOG" || true)
 	others=$(sed -n 's/.*NESTED-TEST \([a-z_]*\) rc=\([1-9][0-9]*\).*/\1/p' "$LOG" | grep -v -x e2e || true)
 	if [ -n "${NESTED_NO_RETRY:-}" ] || [ -z "$failed" ] || [ "$flakes" = 0 ] || [ -n "$others" ] ||
-		[ "$try" -gt "${NESTED_RETRIES:-2}" ]; then
+		[ "$try" -gt "${NESTED_RETRIES:-3}" ]; then
 		exit 1
 	fi
 	log "retry $try after $flakes guest stall(s) or crash(es) in: $failed (previous log: $LOG.$try)"
