@@ -58,17 +58,9 @@ func run(args []string) error {
 	if fs.NArg() == 0 {
 		return errors.New("no benchmark output files")
 	}
-	rs := Results{}
-	for _, name := range fs.Args() {
-		f, err := os.Open(name)
-		if err != nil {
-			return err
-		}
-		err = Parse(f, rs)
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
+	rs, err := parseFiles(fs.Args())
+	if err != nil {
+		return err
 	}
 	if len(rs) == 0 {
 		return errors.New("no benchmark results in the input")
@@ -176,19 +168,28 @@ func parseCPULine(stat string) (total, idle uint64, ok bool) {
 	return 0, 0, false
 }
 
-// runKVM rewrites the KVM section of the report at out.
-func runKVM(out, where string, files []string) error {
+// parseFiles parses the benchmark output files into one Results.
+func parseFiles(names []string) (Results, error) {
 	rs := Results{}
-	for _, name := range files {
+	for _, name := range names {
 		f, err := os.Open(name)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		err = Parse(f, rs)
 		f.Close()
 		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
+			return nil, fmt.Errorf("%s: %w", name, err)
 		}
+	}
+	return rs, nil
+}
+
+// runKVM rewrites the KVM section of the report at out.
+func runKVM(out, where string, files []string) error {
+	rs, err := parseFiles(files)
+	if err != nil {
+		return err
 	}
 	if len(rs) == 0 {
 		return errors.New("no KVM benchmark results in the input")
