@@ -23,16 +23,12 @@ import (
 // peak RSS of the VMM process. QEMU runs with qboot (its fastest firmware
 // for a direct kernel boot) and -nodefaults.
 func BenchmarkBootReady(b *testing.B) {
-	requireKVMB(b)
-	vmlinux := imageB(b, "linux/vmlinux")
-	initrd := imageB(b, "initrd.cpio.gz")
-	base, err := os.ReadFile(imageB(b, "cmdline"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	line := strings.TrimSpace(string(base)) + " govmd.test=ready"
+	requireKVM(b)
+	vmlinux := image(b, "linux/vmlinux")
+	initrd := image(b, "initrd.cpio.gz")
+	line := cmdline(b, "govmd.test=ready")
 	vmms := map[string][]string{
-		"govmd": {govmdB(b), "run", "--kernel", vmlinux, "--initrd", initrd, "--cmdline", line,
+		"govmd": {govmd(b), "run", "--kernel", vmlinux, "--initrd", initrd, "--cmdline", line,
 			"--cpus", "2", "--memory", "256M", "--log-level", "warn"},
 		"qemu": {"qemu-system-x86_64", "-enable-kvm", "-cpu", qemuCPU(), "-smp", "2", "-m", "256",
 			"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
@@ -149,44 +145,6 @@ func median(v []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-// The B variants of the test helpers.
-
-func requireKVMB(b *testing.B) {
-	b.Helper()
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err != nil {
-		b.Skipf("/dev/kvm not usable: %v", err)
-	}
-	f.Close()
-}
-
-func imageB(b *testing.B, rel string) string {
-	b.Helper()
-	dir := os.Getenv("GOVMD_IMAGES")
-	if dir == "" {
-		dir = filepath.Join(repoRoot(), "images", "out")
-	}
-	p := filepath.Join(dir, rel)
-	if _, err := os.Stat(p); err != nil {
-		b.Skipf("test image %s missing (run make images)", p)
-	}
-	return p
-}
-
-func govmdB(b *testing.B) string {
-	b.Helper()
-	if p := os.Getenv("GOVMD_BIN"); p != "" {
-		return p
-	}
-	p := filepath.Join(b.TempDir(), "govmd")
-	cmd := exec.Command("go", "build", "-o", p, "./cmd/govmd")
-	cmd.Dir = repoRoot()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		b.Fatalf("go build: %v\n%s", err, out)
-	}
-	return p
-}
-
 var benchLineRe = regexp.MustCompile(`GOVMD-BENCH (begin|end) (\S+)`)
 var blkbenchRe = regexp.MustCompile(`GOVMD-RESULT blkbench\.(\S+)\.ops=([0-9]+) blkbench\.\S+\.us=([0-9]+)`)
 
@@ -197,21 +155,17 @@ var blkbenchRe = regexp.MustCompile(`GOVMD-RESULT blkbench\.(\S+)\.ops=([0-9]+) 
 // page-cache path govmd's pread/pwrite take), and reports kIOPS per
 // pattern timed by the host between the guest's begin and end lines.
 func BenchmarkGuestBlk(b *testing.B) {
-	requireKVMB(b)
-	vmlinux := imageB(b, "linux/vmlinux")
-	initrd := imageB(b, "initrd.cpio.gz")
-	base, err := os.ReadFile(imageB(b, "cmdline"))
-	if err != nil {
-		b.Fatal(err)
-	}
+	requireKVM(b)
+	vmlinux := image(b, "linux/vmlinux")
+	initrd := image(b, "initrd.cpio.gz")
 	const ops = 4000
-	line := strings.TrimSpace(string(base)) + fmt.Sprintf(" govmd.test=blk-bench govmd.blk.bench.ops=%d govmd.blk.bench.span=32", ops)
+	line := cmdline(b, fmt.Sprintf("govmd.test=blk-bench govmd.blk.bench.ops=%d govmd.blk.bench.span=32", ops))
 	img := filepath.Join(b.TempDir(), "bench.img")
 	if err := os.WriteFile(img, make([]byte, 64<<20), 0o644); err != nil {
 		b.Fatal(err)
 	}
 	vmms := map[string][]string{
-		"govmd": {govmdB(b), "run", "--kernel", vmlinux, "--initrd", initrd, "--cmdline", line,
+		"govmd": {govmd(b), "run", "--kernel", vmlinux, "--initrd", initrd, "--cmdline", line,
 			"--cpus", "2", "--memory", "256M", "--log-level", "warn", "--disk", img},
 		"qemu": {"qemu-system-x86_64", "-enable-kvm", "-cpu", qemuCPU(), "-smp", "2", "-m", "256",
 			"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",

@@ -16,7 +16,7 @@ const bootTimeout = 6 * time.Minute
 
 // cmdline returns the test guests' base command line (images/out/cmdline)
 // with extra and $GOVMD_E2E_CMDLINE appended.
-func cmdline(t *testing.T, extra string) string {
+func cmdline(t testing.TB, extra string) string {
 	t.Helper()
 	b, err := os.ReadFile(image(t, "cmdline"))
 	if err != nil {

@@ -30,7 +30,7 @@ func repoRoot() string {
 }
 
 // govmd builds the binary once per test process.
-func govmd(t *testing.T) string {
+func govmd(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		if b := os.Getenv("GOVMD_BIN"); b != "" {
@@ -58,7 +58,7 @@ func govmd(t *testing.T) string {
 
 // image returns the path of a built test image, skipping the test if the
 // images have not been built.
-func image(t *testing.T, rel string) string {
+func image(t testing.TB, rel string) string {
 	t.Helper()
 	dir := os.Getenv("GOVMD_IMAGES")
 	if dir == "" {
@@ -74,7 +74,7 @@ func image(t *testing.T, rel string) string {
 	return p
 }
 
-func requireKVM(t *testing.T) {
+func requireKVM(t testing.TB) {
 	t.Helper()
 	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 	if err != nil {
