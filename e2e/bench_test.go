@@ -30,43 +30,33 @@ func BenchmarkBootReady(b *testing.B) {
 	vmms := map[string][]string{
 		"govmd": {govmd(b), "run", "--kernel", vmlinux, "--initrd", initrd, "--cmdline", line,
 			"--cpus", "2", "--memory", "256M", "--log-level", "warn"},
-		"qemu": {"qemu-system-x86_64", "-enable-kvm", "-cpu", qemuCPU(), "-smp", "2", "-m", "256",
-			"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
-			"-bios", qbootROM(), "-kernel", vmlinux, "-initrd", initrd, "-append", line},
+		"qemu": append([]string{"qemu-system-x86_64"}, qemuArgs(vmlinux, initrd, line)...),
 	}
-	for _, name := range []string{"govmd", "qemu"} {
-		argv := vmms[name]
-		b.Run(name, func(b *testing.B) {
-			if name == "qemu" {
-				if _, err := exec.LookPath(argv[0]); err != nil {
-					b.Skipf("no QEMU: %v", err)
-				}
+	eachVMM(b, vmms, func(b *testing.B, name string, argv []string) {
+		var wall, uptime, rss []float64
+		hangs := 0
+		for i := 0; i < b.N; i++ {
+			w, u, r, err := bootOnce(argv)
+			if errors.Is(err, errHang) || errors.Is(err, errCrash) {
+				hangs++ // see docs/pvm.md: nested guests stall now and then
+				b.Logf("%s: boot %d left out: %v", name, i, err)
+				continue
 			}
-			var wall, uptime, rss []float64
-			hangs := 0
-			for i := 0; i < b.N; i++ {
-				w, u, r, err := bootOnce(argv)
-				if errors.Is(err, errHang) || errors.Is(err, errCrash) {
-					hangs++ // see docs/pvm.md: nested guests stall now and then
-					b.Logf("%s: boot %d left out: %v", name, i, err)
-					continue
-				}
-				if err != nil {
-					b.Fatalf("%s: %v", name, err)
-				}
-				wall, uptime, rss = append(wall, w), append(uptime, u), append(rss, r)
+			if err != nil {
+				b.Fatalf("%s: %v", name, err)
 			}
-			if len(wall) == 0 {
-				b.Fatalf("%s: every boot hung", name)
-			}
-			b.ReportMetric(median(wall), "s-to-ready")
-			b.ReportMetric(median(uptime), "s-guest-uptime")
-			b.ReportMetric(median(rss), "MiB-peak-rss")
-			b.ReportMetric(float64(len(wall)), "boots")
-			b.ReportMetric(float64(hangs), "hangs")
-			b.ReportMetric(0, "ns/op")
-		})
-	}
+			wall, uptime, rss = append(wall, w), append(uptime, u), append(rss, r)
+		}
+		if len(wall) == 0 {
+			b.Fatalf("%s: every boot hung or crashed", name)
+		}
+		b.ReportMetric(median(wall), "s-to-ready")
+		b.ReportMetric(median(uptime), "s-guest-uptime")
+		b.ReportMetric(median(rss), "MiB-peak-rss")
+		b.ReportMetric(float64(len(wall)), "boots")
+		b.ReportMetric(float64(hangs), "hangs")
+		b.ReportMetric(0, "ns/op")
+	})
 }
 
 // qbootROM returns QEMU's qboot firmware path.
@@ -167,53 +157,43 @@ func BenchmarkGuestBlk(b *testing.B) {
 	vmms := map[string][]string{
 		"govmd": {govmd(b), "run", "--kernel", vmlinux, "--initrd", initrd, "--cmdline", line,
 			"--cpus", "2", "--memory", "256M", "--log-level", "warn", "--disk", img},
-		"qemu": {"qemu-system-x86_64", "-enable-kvm", "-cpu", qemuCPU(), "-smp", "2", "-m", "256",
-			"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
-			"-bios", qbootROM(), "-kernel", vmlinux, "-initrd", initrd, "-append", line,
-			"-drive", "file=" + img + ",format=raw,if=none,id=d0,cache=writeback",
-			"-device", "virtio-blk-pci,drive=d0"},
+		"qemu": append(append([]string{"qemu-system-x86_64"}, qemuArgs(vmlinux, initrd, line)...),
+			"-drive", "file="+img+",format=raw,if=none,id=d0,cache=writeback",
+			"-device", "virtio-blk-pci,drive=d0"),
 	}
-	for _, name := range []string{"govmd", "qemu"} {
-		argv := vmms[name]
-		b.Run(name, func(b *testing.B) {
-			if name == "qemu" {
-				if _, err := exec.LookPath(argv[0]); err != nil {
-					b.Skipf("no QEMU: %v", err)
-				}
+	eachVMM(b, vmms, func(b *testing.B, name string, argv []string) {
+		host := map[string][]float64{}
+		guest := map[string][]float64{}
+		hangs := 0
+		for i := 0; i < b.N; i++ {
+			h, g, err := blkBenchOnce(argv)
+			if errors.Is(err, errHang) || errors.Is(err, errCrash) {
+				hangs++
+				b.Logf("%s: run %d left out: %v", name, i, err)
+				continue
 			}
-			host := map[string][]float64{}
-			guest := map[string][]float64{}
-			hangs := 0
-			for i := 0; i < b.N; i++ {
-				h, g, err := blkBenchOnce(argv)
-				if errors.Is(err, errHang) || errors.Is(err, errCrash) {
-					hangs++
-					b.Logf("%s: run %d left out: %v", name, i, err)
-					continue
-				}
-				if err != nil {
-					b.Fatalf("%s: %v", name, err)
-				}
-				for p, v := range h {
-					host[p] = append(host[p], v)
-				}
-				for p, v := range g {
-					guest[p] = append(guest[p], v)
-				}
+			if err != nil {
+				b.Fatalf("%s: %v", name, err)
 			}
-			for p, v := range host {
-				b.ReportMetric(median(v), "kIOPS-"+p)
+			for p, v := range h {
+				host[p] = append(host[p], v)
 			}
-			for p, v := range guest {
-				b.ReportMetric(median(v), "kIOPS-guest-clock-"+p)
+			for p, v := range g {
+				guest[p] = append(guest[p], v)
 			}
-			if len(host) == 0 {
-				b.Fatalf("%s: every run hung", name)
-			}
-			b.ReportMetric(float64(hangs), "hangs")
-			b.ReportMetric(0, "ns/op")
-		})
-	}
+		}
+		for p, v := range host {
+			b.ReportMetric(median(v), "kIOPS-"+p)
+		}
+		for p, v := range guest {
+			b.ReportMetric(median(v), "kIOPS-guest-clock-"+p)
+		}
+		if len(host) == 0 {
+			b.Fatalf("%s: every run hung or crashed", name)
+		}
+		b.ReportMetric(float64(hangs), "hangs")
+		b.ReportMetric(0, "ns/op")
+	})
 }
 
 // blkBenchOnce boots one guest running blk-bench and returns kIOPS per
@@ -263,4 +243,20 @@ func blkBenchOnce(argv []string) (host, guest map[string]float64, err error) {
 		return nil, nil, fmt.Errorf("%w: blk-bench incomplete (%d patterns; exit %v)\n%s", errCrash, len(host), werr, stderr.String())
 	}
 	return host, guest, nil
+}
+
+// eachVMM runs bench as a sub-benchmark for govmd and then QEMU (argv[0]
+// is the binary), skipping QEMU when it is not installed.
+func eachVMM(b *testing.B, vmms map[string][]string, bench func(b *testing.B, name string, argv []string)) {
+	for _, name := range []string{"govmd", "qemu"} {
+		argv := vmms[name]
+		b.Run(name, func(b *testing.B) {
+			if name == "qemu" {
+				if _, err := exec.LookPath(argv[0]); err != nil {
+					b.Skipf("no QEMU: %v", err)
+				}
+			}
+			bench(b, name, argv)
+		})
+	}
 }

@@ -133,3 +133,12 @@ func qemuCPU() string {
 	}
 	return "host"
 }
+
+// qemuArgs is QEMU's command line (after the binary) for booting the test
+// kernel and initramfs with line as govmd's tests do: KVM, 2 vCPUs, 256
+// MiB, qboot, no default devices, the serial console on stdio.
+func qemuArgs(kernel, initrd, line string) []string {
+	return []string{"-enable-kvm", "-cpu", qemuCPU(), "-smp", "2", "-m", "256", "-nodefaults", "-no-user-config",
+		"-display", "none", "-serial", "stdio", "-no-reboot", "-bios", qbootROM(),
+		"-kernel", kernel, "-initrd", initrd, "-append", line}
+}

@@ -319,8 +319,6 @@ func qemuNetArgs(t *testing.T, line string, c netCase) []string {
 	if c.offload == "off" {
 		dev += ",csum=off,guest_csum=off"
 	}
-	return []string{"-enable-kvm", "-cpu", qemuCPU(), "-smp", "2", "-m", "256", "-nodefaults", "-no-user-config",
-		"-display", "none", "-serial", "stdio", "-no-reboot", "-bios", qbootROM(),
-		"-kernel", image(t, "linux/vmlinux"), "-initrd", image(t, "initrd.cpio.gz"), "-append", line,
-		"-netdev", "tap,id=n0,ifname=" + tapName + ",script=no,downscript=no,vhost=off", "-device", dev}
+	return append(qemuArgs(image(t, "linux/vmlinux"), image(t, "initrd.cpio.gz"), line),
+		"-netdev", "tap,id=n0,ifname="+tapName+",script=no,downscript=no,vhost=off", "-device", dev)
 }
