@@ -100,7 +100,6 @@ var pvmMasks = []struct {
 // listed in pvmMasks; the bare profile removes the hypervisor bit and the
 // KVM leaves.
 func guestCPUID(supported []kvm.CPUIDEntry, id, n int, p guestProfile) []kvm.CPUIDEntry {
-	pvm := p.pvm
 	out := make([]kvm.CPUIDEntry, 0, len(supported))
 	coreBits := uint32(0)
 	for 1<<coreBits < n {
@@ -144,11 +143,11 @@ func guestCPUID(supported []kvm.CPUIDEntry, id, n int, p guestProfile) []kvm.CPU
 		case 0x8000001e:
 			continue
 		case 0xd:
-			if pvm {
+			if p.pvm {
 				continue // no XSAVE
 			}
 		}
-		if pvm {
+		if p.pvm {
 			for _, m := range pvmMasks {
 				if e.Function == m.leaf && (m.leaf != 7 || e.Index == 0) {
 					e.EAX &^= m.eax

@@ -270,7 +270,7 @@ func (v *VM) loop(t *vcpuThread) error {
 				}
 				continue
 			}
-			return v.vcpuError(t, exit, internalErrorHint(exit, v.pvm))
+			return v.vcpuError(t, exit, internalErrorHint(exit, v.prof.pvm))
 		case kvm.ExitShutdown:
 			return v.vcpuError(t, exit, "triple fault: the guest took an exception it could not handle")
 		case kvm.ExitHLT:

@@ -49,7 +49,6 @@ func (r Result) String() string {
 type VM struct {
 	cfg  Config
 	log  *slog.Logger
-	pvm  bool
 	prof guestProfile
 
 	sys    *kvm.System
@@ -100,7 +99,7 @@ func New(cfg Config) (_ *VM, err error) {
 		}
 	}()
 	prof, why := resolveProfile(cfg.CPUProfile, kvm.DetectHostProfile)
-	v.prof, v.pvm = prof, prof.pvm
+	v.prof = prof
 	v.log.Debug("cpu profile", "pvm", prof.pvm, "bare", prof.bare, "why", why)
 
 	// 1. Everything that can be wrong with the user's files, before KVM.
