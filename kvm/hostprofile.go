@@ -61,36 +61,38 @@ func detectHostProfile(moduleLoaded func(string) bool, cpuinfo []byte) HostProfi
 	return HostProfile{PVM: true, Reason: "CPU has neither vmx nor svm"}
 }
 
-// cpuFlags returns the set of words on the first "flags" line of a
-// /proc/cpuinfo text, or nil if there is none.
-func cpuFlags(cpuinfo []byte) map[string]bool {
+// cpuinfoField returns the value of the first line of a /proc/cpuinfo
+// text whose key is key, and whether there is one.
+func cpuinfoField(cpuinfo []byte, key string) (string, bool) {
 	sc := bufio.NewScanner(bytes.NewReader(cpuinfo))
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
-		key, val, ok := strings.Cut(sc.Text(), ":")
-		if !ok || strings.TrimSpace(key) != "flags" {
-			continue
+		k, val, ok := strings.Cut(sc.Text(), ":")
+		if ok && strings.TrimSpace(k) == key {
+			return val, true
 		}
-		flags := make(map[string]bool)
-		for _, f := range strings.Fields(val) {
-			flags[f] = true
-		}
-		return flags
 	}
-	return nil
+	return "", false
+}
+
+// cpuFlags returns the set of words on the first "flags" line of a
+// /proc/cpuinfo text, or nil if there is none.
+func cpuFlags(cpuinfo []byte) map[string]bool {
+	val, ok := cpuinfoField(cpuinfo, "flags")
+	if !ok {
+		return nil
+	}
+	flags := make(map[string]bool)
+	for _, f := range strings.Fields(val) {
+		flags[f] = true
+	}
+	return flags
 }
 
 // isQEMUTCG reports whether the first "model name" of a /proc/cpuinfo text
 // is QEMU's TCG CPU (QEMU without hardware acceleration names its CPU
 // models "QEMU TCG CPU version ...").
 func isQEMUTCG(cpuinfo []byte) bool {
-	sc := bufio.NewScanner(bytes.NewReader(cpuinfo))
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		key, val, ok := strings.Cut(sc.Text(), ":")
-		if ok && strings.TrimSpace(key) == "model name" {
-			return strings.Contains(val, "QEMU TCG CPU")
-		}
-	}
-	return false
+	val, _ := cpuinfoField(cpuinfo, "model name")
+	return strings.Contains(val, "QEMU TCG CPU")
 }
