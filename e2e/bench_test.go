@@ -77,10 +77,11 @@ const benchBootTimeout = 2 * time.Minute
 
 var errHang = errors.New("the guest did not finish in time")
 
-// errCrash marks a boot in which the guest ended (a panic reboots it,
-// panic=-1) before printing what the benchmark waits for. In nested KVM on
-// TCG guests crash now and then (docs/pvm.md); such a run is counted with
-// the hung ones and left out, with its stderr logged.
+// errCrash marks a run in which the guest kernel failed (its console
+// matched crashRe: a panic, oops or stall) before printing what the
+// benchmark waits for. In nested KVM on TCG guests crash now and then
+// (docs/pvm.md); such a run is counted with the hung ones and left out,
+// with its stderr logged. Any other failure ends the benchmark.
 var errCrash = errors.New("the guest ended early")
 
 // bootOnce runs one VMM until it exits and returns the seconds from start
@@ -102,8 +103,9 @@ func bootOnce(argv []string) (wall, uptime, rssMiB float64, err error) {
 	}
 	sc := bufio.NewScanner(out)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	found := false
+	found, crashed := false, false
 	for sc.Scan() {
+		crashed = crashed || crashRe.MatchString(sc.Text())
 		if m := readyRe.FindStringSubmatch(sc.Text()); m != nil && !found {
 			wall = time.Since(start).Seconds()
 			fmt.Sscan(m[1], &uptime)
@@ -115,7 +117,11 @@ func bootOnce(argv []string) (wall, uptime, rssMiB float64, err error) {
 		return 0, 0, 0, errHang
 	}
 	if !found {
-		return 0, 0, 0, fmt.Errorf("%w: no GOVMD-READY (exit %v)\n%s", errCrash, werr, stderr.String())
+		err := fmt.Errorf("no GOVMD-READY (exit %v)\n%s", werr, stderr.String())
+		if crashed {
+			err = fmt.Errorf("%w: %w", errCrash, err)
+		}
+		return 0, 0, 0, err
 	}
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 		rssMiB = float64(ru.Maxrss) / 1024
@@ -216,8 +222,10 @@ func blkBenchOnce(argv []string) (host, guest map[string]float64, err error) {
 	opsOf := map[string]float64{}
 	sc := bufio.NewScanner(out)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	crashed := false
 	for sc.Scan() {
 		now := time.Now()
+		crashed = crashed || crashRe.MatchString(sc.Text())
 		if m := blkbenchRe.FindStringSubmatch(sc.Text()); m != nil {
 			var n, us float64
 			fmt.Sscan(m[2], &n)
@@ -240,7 +248,11 @@ func blkBenchOnce(argv []string) (host, guest map[string]float64, err error) {
 		return nil, nil, errHang
 	}
 	if len(host) != 4 {
-		return nil, nil, fmt.Errorf("%w: blk-bench incomplete (%d patterns; exit %v)\n%s", errCrash, len(host), werr, stderr.String())
+		err := fmt.Errorf("blk-bench incomplete (%d patterns; exit %v)\n%s", len(host), werr, stderr.String())
+		if crashed {
+			err = fmt.Errorf("%w: %w", errCrash, err)
+		}
+		return nil, nil, err
 	}
 	return host, guest, nil
 }
