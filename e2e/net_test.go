@@ -3,6 +3,7 @@ package e2e
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -217,6 +218,12 @@ func runNetCase(t *testing.T, c netCase) {
 		_, err = conn.Write(data)
 		return err
 	}); err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// The guest stopped taking data for minutes: what the
+			// guest's console going silent is for the other steps
+			// (scripts/nested.sh reruns both, docs/pvm.md).
+			t.Fatalf("guest network stalled: sending to the guest: %v", err)
+		}
 		t.Fatalf("sending to the guest: %v", err)
 	}
 	g.Expect(`GOVMD-STEP tcp-rx status=`, 5*time.Minute)

@@ -181,14 +181,15 @@ if evaluate "$LOG"; then
 fi
 # In this environment the nested guests' kernels sometimes stall or crash
 # on their own (QEMU's guests more often than govmd's; see docs/pvm.md):
-# the e2e helpers report that as "guest console stalled" or "guest kernel
-# failed". Top-level tests that failed then are rerun, up to
+# the e2e helpers report that as "guest console stalled", "guest kernel
+# failed" or (a TCP transfer into the guest timing out) "guest network
+# stalled". Top-level tests that failed then are rerun, up to
 # NESTED_RETRIES times (default 3), and the log says so. Any other failure
 # stands.
 try=1
 while :; do
 	failed=$(sed -n 's/^--- FAIL: \(Test[A-Za-z0-9_]*\).*/\1/p' "$LOG" | sort -u | paste -sd'|')
-	flakes=$(grep -c -e 'guest console stalled' -e 'guest kernel failed' "$LOG" || true)
+	flakes=$(grep -c -e 'guest console stalled' -e 'guest kernel failed' -e 'guest network stalled' "$LOG" || true)
 	others=$(sed -n 's/.*NESTED-TEST \([a-z_]*\) rc=\([1-9][0-9]*\).*/\1/p' "$LOG" | grep -v -x e2e || true)
 	if [ -n "${NESTED_NO_RETRY:-}" ] || [ -z "$failed" ] || [ "$flakes" = 0 ] || [ -n "$others" ] ||
 		[ "$try" -gt "${NESTED_RETRIES:-3}" ]; then
