@@ -68,11 +68,12 @@ func RenderKVM(rs Results, in KVMInfo) string {
 
 	g, q = blkBench+"govmd", blkBench+"qemu"
 	p("### Guest 4 KiB block I/O (e2e BenchmarkGuestBlk)\n\n")
-	p("The agent's blk-bench step in the guest: images/tools/blkbench.c, 4000 requests of 4 KiB with\n")
+	p("The agent's blk-bench step in the guest: images/tools/blkbench.c, %s requests of 4 KiB with\n", num(rs.metric(g, "ops"), "%.0f"))
 	p("O_DIRECT at queue depth 1 per pattern, over the first 32 MiB of a 64 MiB raw image (tmpfs in the\n")
 	p("VM that runs both VMMs), through govmd's virtio-blk and QEMU's virtio-blk-pci (cache=writeback:\n")
 	p("both go through the host page cache). kIOPS timed by the host between the guest's begin and end\n")
-	p("lines; the guest's own clock is not reliable in nested KVM.\n\n")
+	p("lines; the guest's own clock is not reliable in nested KVM. A run (boot and the four patterns)\n")
+	p("that did not finish within 6 minutes, or whose guest crashed, is left out.\n\n")
 	p("| pattern | govmd kIOPS | QEMU kIOPS | govmd / QEMU |\n|---|---|---|---|\n")
 	for _, pat := range guestBlkPatterns {
 		a, c := rs.metric(g, "kIOPS-"+pat), rs.metric(q, "kIOPS-"+pat)
