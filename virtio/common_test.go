@@ -176,3 +176,69 @@ func TestLegacyPFN(t *testing.T) {
 		t.Fatalf("legacy layout %+v, want %+v", got, r.Config())
 	}
 }
+
+// TestResendStalledInterrupts: an interrupt the driver has not taken (its
+// used_event still before the device's last interrupt) is sent again once
+// it has stayed so over a whole period, and not after the driver re-armed;
+// a queue without EVENT_IDX is left alone.
+func TestResendStalledInterrupts(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		features uint64
+		want     []int32 // queue interrupts after each step
+	}{
+		{"event-idx", virtio.FVersion1 | virtio.FRingEventIdx, []int32{0, 1, 2, 2, 2}},
+		{"no-event-idx", virtio.FVersion1, []int32{0, 0, 0, 0, 0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mem := newMem(t)
+			dev := &fakeDev{features: virtio.FRingEventIdx}
+			irq := &fakeIRQ{}
+			c, err := virtio.NewCommon(dev, mem, irq, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			r := virtiotest.NewRing(mem, 8, ringBase)
+			setupModern(t, c, r, tc.features)
+			c.SetStatus(virtio.StatusAcknowledge | virtio.StatusDriver | virtio.StatusFeaturesOK | virtio.StatusDriverOK)
+			q := dev.last.Queues[0]
+			if q == nil {
+				t.Fatal("queue 0 not active")
+			}
+			if _, ok := r.Add(virtiotest.Buf{Addr: 0x40000, Len: 64, Write: true}); !ok {
+				t.Fatal("ring full")
+			}
+			var ch virtio.Chain
+			if ok, err := q.Pop(&ch); !ok || err != nil {
+				t.Fatalf("Pop = %v, %v", ok, err)
+			}
+			if err := q.Push(ch.Head, 64); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := q.Publish(); err != nil {
+				t.Fatal(err)
+			}
+			steps := []func(){
+				func() {}, // first look: no period has passed
+				func() {}, // unchanged over a period: resent
+				func() {}, // still unchanged: resent again
+				func() { // the driver takes it and re-arms
+					r.PopUsed()
+					r.SetUsedEvent(1)
+				},
+				func() {},
+			}
+			for i, step := range steps {
+				step()
+				c.ResendStalledInterrupts()
+				if got := irq.queue.Load(); got != tc.want[i] {
+					t.Fatalf("step %d: %d queue interrupts, want %d", i, got, tc.want[i])
+				}
+			}
+			if c.Resent() != uint64(tc.want[len(tc.want)-1]) {
+				t.Fatalf("Resent = %d", c.Resent())
+			}
+		})
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"runtime"
 	"sort"
 	"strings"
@@ -77,6 +78,9 @@ func (v *VM) Run(ctx context.Context) (Result, error) {
 	v.serveINTx()
 	if v.cfg.ConsoleIn != nil {
 		go v.consoleInput(ctx, v.cfg.ConsoleIn)
+	}
+	if v.prof.bare {
+		go v.resendLostInterrupts(ctx)
 	}
 
 	var wg sync.WaitGroup
@@ -217,6 +221,9 @@ func (v *VM) loop(t *vcpuThread) error {
 	cpu := t.cpu
 	for {
 		if v.stopping.Load() {
+			if v.endRes == ExitCanceled {
+				v.logStopState(t)
+			}
 			return nil
 		}
 		exit, err := cpu.Run()
@@ -317,6 +324,24 @@ func (v *VM) handleEmulationFailure(t *vcpuThread, exit kvm.Exit) (bool, error) 
 			"rip", fmt.Sprintf("%#x", regs.RIP))
 	}
 	return true, nil
+}
+
+// logStopState logs where a vCPU was when the VM was canceled (debug
+// level): for a guest that hung, the RIP says where.
+func (v *VM) logStopState(t *vcpuThread) {
+	if !v.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	regs, err := t.cpu.GetRegs()
+	if err != nil {
+		return
+	}
+	cpl := -1
+	if s, err := t.cpu.GetSregs(); err == nil {
+		cpl = int(s.SS.DPL)
+	}
+	v.log.Debug("vcpu state at stop", "vcpu", t.id, "rip", fmt.Sprintf("%#x", regs.RIP),
+		"rsp", fmt.Sprintf("%#x", regs.RSP), "rflags", fmt.Sprintf("%#x", regs.RFLAGS), "cpl", cpl)
 }
 
 // vcpuError builds the error that ends the VM: the exit, the vCPU's
