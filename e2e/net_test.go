@@ -267,11 +267,6 @@ func runNetCase(t *testing.T, c netCase) {
 	if !qemu && !strings.Contains(g.Stderr(), "nic stats") {
 		t.Errorf("govmd printed no NIC counters at exit:\n%s", g.Stderr())
 	}
-	if n := strings.Count(g.Stderr(), "virtio interrupt resent"); n > 0 {
-		// Only under the bare profile (docs/pvm.md): the guest did not
-		// take an interrupt and govmd sent it again.
-		t.Logf("govmd resent %d queue interrupts the guest had not taken", n)
-	}
 }
 
 // checkTapOffloads compares the tap's ethtool -k view with what the guest

@@ -67,18 +67,6 @@ type Common struct {
 	needsReset atomic.Bool
 	faults     atomic.Uint64
 	ignored    atomic.Uint64
-
-	watchMu sync.Mutex
-	watch   []irqWatch // ResendStalledInterrupts' last look, per queue
-	resent  atomic.Uint64
-}
-
-// irqWatch is what ResendStalledInterrupts saw of a queue.
-type irqWatch struct {
-	q         *Queue
-	usedEvent uint16
-	lastIRQ   uint16
-	stalled   bool
 }
 
 // NewCommon returns the control state for dev. irq is the transport's
@@ -413,54 +401,6 @@ func (c *Common) RingStates() []*RingState {
 	}
 	return out
 }
-
-// ResendStalledInterrupts sends again the interrupt of every EVENT_IDX
-// queue whose driver has not taken the device's last interrupt: the device
-// interrupted when the used index passed used_event, and used_event has not
-// moved since, neither since the previous call. It returns how many it
-// sent. A driver must accept spurious interrupts, so this is always safe;
-// it is meant to be called every second or so where interrupts are known
-// to get lost (nested KVM on QEMU TCG, docs/pvm.md), not on hardware KVM.
-func (c *Common) ResendStalledInterrupts() int {
-	c.mu.Lock()
-	qs := c.activeQueues
-	c.mu.Unlock()
-	c.watchMu.Lock()
-	defer c.watchMu.Unlock()
-	if len(c.watch) != len(qs) {
-		c.watch = make([]irqWatch, len(qs))
-	}
-	n := 0
-	for i, q := range qs {
-		w := &c.watch[i]
-		prev := *w
-		*w = irqWatch{q: q}
-		if q == nil || !q.EventIdx() {
-			continue
-		}
-		last, ok := q.LastInterrupt()
-		r, err := q.RingState()
-		if !ok || err != nil {
-			continue
-		}
-		w.usedEvent, w.lastIRQ = r.UsedEvent, last
-		// The driver re-arms by writing a used_event at or past the
-		// entries it consumed; before it does, the last interrupt lies
-		// after used_event.
-		w.stalled = int16(last-r.UsedEvent) > 0
-		if w.stalled && prev.stalled && prev.q == q && prev.usedEvent == w.usedEvent && prev.lastIRQ == w.lastIRQ {
-			c.resent.Add(1)
-			c.log.Warn("virtio interrupt resent: the driver did not take it", "device", c.dev.Type(),
-				"queue", i, "rings", r.String())
-			c.irq.QueueInterrupt(i)
-			n++
-		}
-	}
-	return n
-}
-
-// Resent returns how many interrupts ResendStalledInterrupts sent.
-func (c *Common) Resent() uint64 { return c.resent.Load() }
 
 func (c *Common) reset() {
 	c.mu.Lock()

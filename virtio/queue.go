@@ -301,10 +301,6 @@ func (q *Queue) Publish() (notify bool, err error) {
 	return notify, err
 }
 
-// EventIdx reports whether the queue uses VIRTIO_F_RING_EVENT_IDX. Safe
-// from any goroutine.
-func (q *Queue) EventIdx() bool { return q.eventIdx }
-
 // LastInterrupt returns the used index at which Publish last asked for an
 // interrupt, and false if it never did. Safe from any goroutine.
 func (q *Queue) LastInterrupt() (uint16, bool) {

@@ -1,10 +1,8 @@
 package vmm
 
 import (
-	"context"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/govmd/govmd/devices/blk"
 	vnet "github.com/govmd/govmd/devices/net"
@@ -169,37 +167,15 @@ func (v *VM) DiskStats() []blk.Stats {
 func (v *VM) LogStats() {
 	v.log.Info("vcpu exits", "counts", v.stats.String())
 	for i, n := range v.nics {
-		v.log.Info("nic stats", "nic", i, "tap", n.tap.Name(), "transport_faults", n.tr.Faults(), "interrupts_resent", n.tr.Common().Resent(), "stats", n.dev.Stats().String())
+		v.log.Info("nic stats", "nic", i, "tap", n.tap.Name(), "transport_faults", n.tr.Faults(), "stats", n.dev.Stats().String())
 		v.logRings("nic", i, n.tr)
 	}
 	for i, d := range v.disks {
-		v.log.Info("disk stats", "disk", i, "path", d.cfg.Path, "transport_faults", d.tr.Faults(), "interrupts_resent", d.tr.Common().Resent(), "stats", d.dev.Stats().String())
+		v.log.Info("disk stats", "disk", i, "path", d.cfg.Path, "transport_faults", d.tr.Faults(), "stats", d.dev.Stats().String())
 		v.logRings("disk", i, d.tr)
 	}
 	if dropped := v.uart.Dropped(); dropped > 0 {
 		v.log.Info("serial input dropped", "bytes", dropped)
-	}
-}
-
-// resendLostInterrupts runs under the bare profile (nested KVM on QEMU
-// TCG, where a guest now and then never takes an MSI-X interrupt; see
-// docs/pvm.md): every second it sends again the queue interrupts the
-// guest's drivers have not taken (virtio.Common.ResendStalledInterrupts).
-func (v *VM) resendLostInterrupts(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		for _, n := range v.nics {
-			n.tr.Common().ResendStalledInterrupts()
-		}
-		for _, d := range v.disks {
-			d.tr.Common().ResendStalledInterrupts()
-		}
 	}
 }
 
@@ -218,8 +194,7 @@ func (v *VM) logRings(kind string, i int, tr *pcitransport.Transport) {
 		}
 		vecs = append(vecs, fmt.Sprintf("%d:%s", vec, st))
 	}
-	v.log.Debug("virtio msi-x", kind, i, "enabled", m.Enabled(), "vectors", strings.Join(vecs, " "),
-		"interrupts_resent", tr.Common().Resent())
+	v.log.Debug("virtio msi-x", kind, i, "enabled", m.Enabled(), "vectors", strings.Join(vecs, " "))
 	notices := tr.Common().Notifications()
 	for q, r := range tr.Common().RingStates() {
 		if r != nil {

@@ -79,9 +79,6 @@ func (v *VM) Run(ctx context.Context) (Result, error) {
 	if v.cfg.ConsoleIn != nil {
 		go v.consoleInput(ctx, v.cfg.ConsoleIn)
 	}
-	if v.prof.bare {
-		go v.resendLostInterrupts(ctx)
-	}
 
 	var wg sync.WaitGroup
 	ready := make(chan error, v.cfg.CPUs)
