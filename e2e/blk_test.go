@@ -16,7 +16,8 @@ const blkBytes = 1 << 20
 // (modern, read-write) gets the test stream written and synced by the
 // guest; vdb (legacy, read-only) holds a host-prepared image that the guest
 // reads back and hashes, and refuses a write. After poweroff the host finds
-// the guest's data in vda's image.
+// the guest's data in vda's image. With 2 vCPUs vda has the default two
+// request queues (multiqueue) and vdb one (queues=1).
 func TestDiskGuest(t *testing.T) {
 	requireKVM(t)
 	dir := t.TempDir()
@@ -35,9 +36,9 @@ func TestDiskGuest(t *testing.T) {
 	extra := "govmd.test=ready,virtio,blk-id,blk-write,blk-read,blk-ro govmd.blk.bytes=1048576 " +
 		"govmd.blk.write.dev=vda govmd.blk.read.dev=vdb govmd.blk.ro.dev=vdb govmd.blk.id.dev=vda"
 	g := Start(t, "run", "--kernel", image(t, "linux/vmlinux"), "--initrd", image(t, "initrd.cpio.gz"),
-		"--cmdline", cmdline(t, extra), "--memory", "256M",
+		"--cmdline", cmdline(t, extra), "--memory", "256M", "--cpus", "2",
 		"--disk", rw+",serial=govmd-rw,transport=modern",
-		"--disk", ro+",ro,transport=legacy")
+		"--disk", ro+",ro,transport=legacy,queues=1")
 	g.Expect(`GOVMD-DONE status=`, bootTimeout+5*time.Minute)
 	st := g.Wait(time.Minute)
 	res := g.Results()
@@ -68,6 +69,11 @@ func TestDiskGuest(t *testing.T) {
 	after, _ := os.ReadFile(ro)
 	if !bytes.Equal(after, roData) {
 		t.Error("the read-only image changed")
+	}
+	for _, q := range []string{"2/0/0 default/read/poll queues", "1/0/0 default/read/poll queues"} {
+		if !consoleHas(g, q) {
+			t.Errorf("the guest's virtio_blk did not report %q", q)
+		}
 	}
 	if st != 0 {
 		t.Fatalf("govmd exit status %d\n%s", st, g.Stderr())

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/govmd/govmd/devices/blk"
 )
 
 // Config describes one VM. The zero values of optional fields are
@@ -54,7 +56,14 @@ type DiskConfig struct {
 	ReadOnly  bool
 	Serial    string // default: derived from the file name
 	Transport string // "transitional" (default), "modern" or "legacy"
+	// Queues is the number of request queues (VIRTIO_BLK_F_MQ with more
+	// than one); 0 means one per vCPU, at most DefaultDiskQueues, as
+	// QEMU does: each vCPU then completes its own requests.
+	Queues int
 }
+
+// DefaultDiskQueues caps the default number of request queues of a disk.
+const DefaultDiskQueues = 16
 
 // Limits on what a user may ask for.
 const (
@@ -121,9 +130,16 @@ func (c *Config) Validate() error {
 			n.MAC = defaultMAC(i)
 		}
 	}
-	for _, d := range c.Disks {
+	for i := range c.Disks {
+		d := &c.Disks[i]
 		if err := readable(d.Path, "disk"); err != nil {
 			return err
+		}
+		if d.Queues < 0 || d.Queues > blk.MaxQueues {
+			return configErr("disk %s: %d queues (want 1 to %d)", d.Path, d.Queues, blk.MaxQueues)
+		}
+		if d.Queues == 0 {
+			d.Queues = min(c.CPUs, DefaultDiskQueues)
 		}
 	}
 	if c.Log == nil {
@@ -250,7 +266,8 @@ func ParseNet(s string) (NetConfig, error) {
 	return n, nil
 }
 
-// ParseDisk parses a --disk value: PATH[,ro][,serial=ID][,transport=...]
+// ParseDisk parses a --disk value:
+// PATH[,ro][,serial=ID][,transport=...][,queues=N]
 func ParseDisk(s string) (DiskConfig, error) {
 	opts := splitOpts(s)
 	if len(opts) == 0 || opts[0] == "" || strings.Contains(opts[0], "=") && !strings.HasPrefix(opts[0], "path=") && !fileExists(opts[0]) {
@@ -272,8 +289,14 @@ func ParseDisk(s string) (DiskConfig, error) {
 				return d, configErr("--disk: transport %q is not one of transitional, modern, legacy", v)
 			}
 			d.Transport = v
+		case "queues":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > blk.MaxQueues {
+				return d, configErr("--disk: queues %q is not a number from 1 to %d", v, blk.MaxQueues)
+			}
+			d.Queues = n
 		default:
-			return d, configErr("--disk: unknown option %q (want ro, serial=, transport=)", k)
+			return d, configErr("--disk: unknown option %q (want ro, serial=, transport=, queues=)", k)
 		}
 	}
 	if d.Serial == "" {

@@ -72,9 +72,35 @@ func TestParseDisk(t *testing.T) {
 	if err != nil || d.Serial != "disk-one.raw" {
 		t.Fatalf("default serial: %+v, %v", d, err)
 	}
-	for _, bad := range []string{"", "x.img,serial=123456789012345678901", "x.img,rw", "x.img,transport=scsi"} {
+	d, err = ParseDisk("/tmp/x.img,queues=4")
+	if err != nil || d.Queues != 4 {
+		t.Fatalf("queues=4: %+v, %v", d, err)
+	}
+	for _, bad := range []string{"", "x.img,serial=123456789012345678901", "x.img,rw", "x.img,transport=scsi",
+		"x.img,queues=0", "x.img,queues=65", "x.img,queues=two"} {
 		if _, err := ParseDisk(bad); err == nil {
 			t.Errorf("ParseDisk(%q) accepted", bad)
+		}
+	}
+}
+
+// TestDiskQueuesDefault: a disk gets one request queue per vCPU, at most
+// DefaultDiskQueues, unless queues= says otherwise.
+func TestDiskQueuesDefault(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "d.img")
+	if err := os.WriteFile(img, make([]byte, 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ cpus, queues, want int }{
+		{0, 0, 1}, {2, 0, 2}, {64, 0, DefaultDiskQueues}, {4, 1, 1}, {1, 8, 8},
+	} {
+		c := Config{Kernel: img, CPUs: tc.cpus, Disks: []DiskConfig{{Path: img, Queues: tc.queues}}}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("cpus=%d queues=%d: %v", tc.cpus, tc.queues, err)
+		}
+		if got := c.Disks[0].Queues; got != tc.want {
+			t.Errorf("cpus=%d queues=%d: %d queues, want %d", tc.cpus, tc.queues, got, tc.want)
 		}
 	}
 }
@@ -102,6 +128,7 @@ func TestValidate(t *testing.T) {
 		{"bad profile", Config{Kernel: kernel, CPUProfile: "fast"}, false},
 		{"duplicate tap", Config{Kernel: kernel, Nets: []NetConfig{{Tap: "a"}, {Tap: "a"}}}, false},
 		{"missing disk", Config{Kernel: kernel, Disks: []DiskConfig{{Path: filepath.Join(dir, "nope")}}}, false},
+		{"disk queues too many", Config{Kernel: kernel, Disks: []DiskConfig{{Path: kernel, Queues: 65}}}, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

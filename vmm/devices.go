@@ -38,7 +38,7 @@ type disk struct {
 func openDisks(cfg Config) ([]*disk, error) {
 	var out []*disk
 	for _, dc := range cfg.Disks {
-		d, err := blk.Open(dc.Path, blk.Options{ReadOnly: dc.ReadOnly, Serial: dc.Serial, Log: cfg.Log})
+		d, err := blk.Open(dc.Path, blk.Options{ReadOnly: dc.ReadOnly, Serial: dc.Serial, Queues: dc.Queues, Log: cfg.Log})
 		if err != nil {
 			for _, o := range out {
 				o.dev.Close()

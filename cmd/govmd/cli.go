@@ -29,7 +29,7 @@ const (
 const usage = `usage:
   govmd run --kernel PATH [--initrd PATH] [--cmdline STR] [--memory 512M] [--cpus N]
             [--console stdio|PATH] [--net tap=NAME[,mac=MAC][,transport=transitional|modern|legacy]
-            [,offload=on|off|csum][,locked]]... [--disk PATH[,ro][,serial=ID][,transport=...]]...
+            [,offload=on|off|csum][,locked]]... [--disk PATH[,ro][,serial=ID][,transport=...][,queues=N]]...
             [--cpu-profile auto|host|pvm|bare] [--log-level debug|info|warn|error]
   govmd version
 `

@@ -3,7 +3,7 @@
 // virtio-blk disks backed by raw images.
 //
 //	govmd run --kernel PATH [--initrd PATH] [--cmdline STR] [--memory 512M] [--cpus N]
-//	          [--console stdio|PATH] [--net tap=NAME[,...]]... [--disk PATH[,ro][,serial=ID]]...
+//	          [--console stdio|PATH] [--net tap=NAME[,...]]... [--disk PATH[,ro][,serial=ID][,queues=N]]...
 //	govmd version
 //
 // Exit status: 0 when the guest powers off, 1 when the VM fails (triple
