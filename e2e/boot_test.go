@@ -62,6 +62,11 @@ func TestBootReady(t *testing.T) {
 					t.Errorf("guest console lacks %q", want)
 				}
 			}
+			// The PIT must be on the IOAPIC pin the MADT names (IRQ0 ->
+			// GSI 2), not found only through the PIC.
+			if consoleHas(g, "8254 timer not connected to IO-APIC") {
+				t.Errorf("the guest did not find the PIT on IOAPIC pin 2")
+			}
 			t.Logf("GOVMD-READY at guest uptime %ss, %.1fs wall", m[1], time.Since(g.start).Seconds())
 		})
 	}

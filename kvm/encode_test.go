@@ -32,6 +32,35 @@ func TestDefaultIRQRouting(t *testing.T) {
 	}
 }
 
+// TestPCIRQRouting: the PIT's GSI 0 reaches IOAPIC pin 2 (the MADT's
+// IRQ0 override) and PIC pin 0; GSI 2 has no route; the rest is
+// DefaultIRQRouting.
+func TestPCIRQRouting(t *testing.T) {
+	routes := PCIRQRouting()
+	if len(routes) != 24+16-2 {
+		t.Fatalf("%d routes, want 38", len(routes))
+	}
+	toPin := map[[2]uint32]uint32{} // (gsi, chip) -> pin
+	for _, e := range routes {
+		if e.GSI == 2 {
+			t.Errorf("route for GSI 2: %v", e)
+		}
+		toPin[[2]uint32{e.GSI, uint32(e.Chip)}] = e.Pin
+	}
+	for _, tc := range []struct {
+		gsi  uint32
+		chip IRQChip
+		pin  uint32
+	}{
+		{0, IRQChipIOAPIC, 2}, {0, IRQChipPICMaster, 0}, {4, IRQChipIOAPIC, 4}, {4, IRQChipPICMaster, 4},
+		{9, IRQChipIOAPIC, 9}, {9, IRQChipPICSlave, 1}, {23, IRQChipIOAPIC, 23},
+	} {
+		if pin, ok := toPin[[2]uint32{tc.gsi, uint32(tc.chip)}]; !ok || pin != tc.pin {
+			t.Errorf("GSI %d chip %d: pin %d (routed %v), want %d", tc.gsi, tc.chip, pin, ok, tc.pin)
+		}
+	}
+}
+
 func TestEncodeRouting(t *testing.T) {
 	b, err := encodeRouting([]RoutingEntry{
 		IRQChipRoute(9, IRQChipPICSlave, 1),

@@ -72,6 +72,29 @@ func DefaultIRQRouting() []RoutingEntry {
 	return routes
 }
 
+// PCIRQRouting returns the routing table of a PC whose ACPI MADT says that
+// ISA IRQ 0 is wired to GSI 2 (the interrupt source override every PC
+// firmware, QEMU's included, reports): GSI 0, which the in-kernel PIT
+// raises, goes to IOAPIC pin 2 and PIC master pin 0; GSI 2, the PIC
+// cascade, has no route; every other GSI is routed as in
+// DefaultIRQRouting. With DefaultIRQRouting the PIT reaches IOAPIC pin 0,
+// where a guest that read the MADT does not look, and Linux reports
+// "MP-BIOS bug: 8254 timer not connected to IO-APIC" and falls back to
+// delivering the timer through the PIC (ExtINT).
+func PCIRQRouting() []RoutingEntry {
+	routes := make([]RoutingEntry, 0, NumIOAPICPins+16)
+	for _, e := range DefaultIRQRouting() {
+		switch {
+		case e.GSI == 2:
+			continue
+		case e.GSI == 0 && e.Chip == IRQChipIOAPIC:
+			e.Pin = 2
+		}
+		routes = append(routes, e)
+	}
+	return routes
+}
+
 // String describes the route on one line.
 func (e RoutingEntry) String() string {
 	switch e.Kind {

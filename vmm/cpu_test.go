@@ -250,7 +250,7 @@ func TestMSIXSink(t *testing.T) {
 	if e.Kind != kvm.RouteMSI || e.GSI != firstMSIGSI+1 || e.MSI.Address != 0xfee01000 || e.MSI.Data != 0x41 {
 		t.Fatalf("route %v", e)
 	}
-	if len(last) != len(kvm.DefaultIRQRouting())+1 {
+	if len(last) != len(kvm.PCIRQRouting())+1 {
 		t.Errorf("table has %d entries; the irqchip routes must stay", len(last))
 	}
 	// Same message: no new table. A delivery is an eventfd write.

@@ -21,7 +21,8 @@ type irqVM interface {
 }
 
 // router owns KVM's GSI routing table: the irqchip pins of
-// kvm.DefaultIRQRouting plus one MSI route per MSI-X vector in use.
+// kvm.PCIRQRouting (which matches the MADT's IRQ0 -> GSI 2 override) plus
+// one MSI route per MSI-X vector in use.
 type router struct {
 	vm irqVM
 
@@ -57,8 +58,16 @@ func (r *router) setMSI(gsi uint32, msg kvm.MSI) error {
 	return r.installLocked()
 }
 
+// install installs the table; setupVM calls it once, before the guest
+// runs, so that the PIT is on the pin the MADT names from the start.
+func (r *router) install() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.installLocked()
+}
+
 func (r *router) installLocked() error {
-	table := kvm.DefaultIRQRouting()
+	table := kvm.PCIRQRouting()
 	gsis := make([]uint32, 0, len(r.msi))
 	for g := range r.msi {
 		gsis = append(gsis, g)

@@ -231,6 +231,9 @@ func (v *VM) setupVM(ram []memory.Range) error {
 		}
 	}
 	v.router = newRouter(v.kvm)
+	if err := v.router.install(); err != nil {
+		return fmt.Errorf("vmm: GSI routing: %w", err)
+	}
 	return nil
 }
 
