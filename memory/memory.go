@@ -14,8 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-
-	"golang.org/x/sys/unix"
 )
 
 // ErrRange is returned (wrapped) for an access outside guest memory, or one
@@ -44,8 +42,9 @@ type Memory struct {
 	mapped  bool
 }
 
-// New maps anonymous, shared memory for each range. Ranges must not overlap
-// and must be page aligned.
+// New maps private anonymous memory for each range (2 MiB aligned, with
+// transparent huge pages where the host has them; see mapRAM). Ranges
+// must not overlap and must be page aligned.
 func New(ranges []Range) (*Memory, error) {
 	rs := append([]Range(nil), ranges...)
 	sort.Slice(rs, func(i, j int) bool { return rs[i].GPA < rs[j].GPA })
@@ -63,8 +62,7 @@ func New(ranges []Range) (*Memory, error) {
 			m.Close()
 			return nil, fmt.Errorf("memory: ranges %#x and %#x overlap", rs[i-1].GPA, r.GPA)
 		}
-		b, err := unix.Mmap(-1, 0, int(r.Size), unix.PROT_READ|unix.PROT_WRITE,
-			unix.MAP_SHARED|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+		b, err := mapRAM(r.Size)
 		if err != nil {
 			m.Close()
 			return nil, fmt.Errorf("memory: mmap %d bytes: %w", r.Size, err)
@@ -89,7 +87,7 @@ func (m *Memory) Close() error {
 	var errs []error
 	if m.mapped {
 		for _, r := range m.regions {
-			if err := unix.Munmap(r.Host); err != nil {
+			if err := unmapRAM(r.Host); err != nil {
 				errs = append(errs, fmt.Errorf("memory: munmap: %w", err))
 			}
 		}

@@ -2,6 +2,7 @@ package memory
 
 import (
 	"errors"
+	"reflect"
 	"testing"
 )
 
@@ -122,6 +123,29 @@ func TestSliceRegionSearch(t *testing.T) {
 			if ok && &b[0] != &regions[i].Host[gpa-regions[i].GPA] {
 				t.Fatalf("Slice(%#x, 1) is not backed by region %d", gpa, i)
 			}
+		}
+	}
+}
+
+// TestNewAlignsHugePages: every mapped region starts on a 2 MiB boundary
+// (so KVM can back it with huge pages) and is private, writable memory.
+func TestNewAlignsHugePages(t *testing.T) {
+	for _, size := range []uint64{4096, 3 << 20, 64 << 20} {
+		m, err := New([]Range{{GPA: 0, Size: size}, {GPA: 1 << 32, Size: size}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range m.Regions() {
+			if p := reflect.ValueOf(r.Host).Pointer(); p%hugePageSize != 0 {
+				t.Errorf("size %#x: region at %#x mapped at %#x, not 2 MiB aligned", size, r.GPA, p)
+			}
+			if uint64(len(r.Host)) != size {
+				t.Errorf("size %#x: region of %#x bytes", size, len(r.Host))
+			}
+			r.Host[0], r.Host[len(r.Host)-1] = 1, 2
+		}
+		if err := m.Close(); err != nil {
+			t.Fatal(err)
 		}
 	}
 }
