@@ -29,6 +29,7 @@ const (
 
 	pm1EvtLen = 4 // PM1 status + enable, 16 bits each
 	pm1CntLen = 2
+	pmTmrLen  = 4 // PM_TMR: a 32-bit counter
 )
 
 // Window is a range of guest physical address space: [Base, Base+Size).
@@ -84,6 +85,9 @@ type Config struct {
 	// PM1aEvt and PM1aCnt are the I/O ports of the PM1a event block (4
 	// bytes) and control block (2 bytes), served by PM.
 	PM1aEvt, PM1aCnt uint16
+	// PMTimer, if not 0, is the I/O port of the 32-bit ACPI PM timer (4
+	// bytes), served by PMTimer.
+	PMTimer uint16
 	// SCI is the ISA IRQ (and GSI) of the SCI, level triggered, active
 	// high (0: DefaultSCI).
 	SCI uint8
@@ -118,6 +122,10 @@ func (c *Config) validate() error {
 	if evt == 0 || cnt == 0 || evt+pm1EvtLen > 1<<16 || cnt+pm1CntLen > 1<<16 ||
 		evt < cnt+pm1CntLen && cnt < evt+pm1EvtLen {
 		return fmt.Errorf("%w: PM1a blocks at %#x/%#x must be non-zero, non-overlapping ports", ErrConfig, evt, cnt)
+	}
+	if tmr := uint32(c.PMTimer); tmr != 0 && (tmr+pmTmrLen > 1<<16 ||
+		tmr < evt+pm1EvtLen && evt < tmr+pmTmrLen || tmr < cnt+pm1CntLen && cnt < tmr+pmTmrLen) {
+		return fmt.Errorf("%w: PM timer at %#x must not overlap the PM1a blocks", ErrConfig, tmr)
 	}
 	if c.PCI != nil {
 		if err := c.PCI.validate(); err != nil {

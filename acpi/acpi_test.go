@@ -14,6 +14,7 @@ func testConfig() Config {
 		CPUs:    2,
 		PM1aEvt: 0x600,
 		PM1aCnt: 0x604,
+		PMTimer: 0x608,
 		Serial:  true,
 		PCI: &PCIConfig{
 			Mem32: Window{Base: 0xc0000000, Size: 0x3ec00000},
@@ -276,11 +277,14 @@ func checkFADT(t *testing.T, f []byte) {
 	if le.Uint32(f[56:]) != 0x600 || le.Uint32(f[64:]) != 0x604 || f[88] != 4 || f[89] != 2 {
 		t.Errorf("PM1 blocks %#x/%#x lengths %d/%d", le.Uint32(f[56:]), le.Uint32(f[64:]), f[88], f[89])
 	}
-	if le.Uint32(f[76:]) != 0 || f[91] != 0 {
-		t.Error("PM timer advertised")
+	if le.Uint32(f[76:]) != 0x608 || f[91] != 4 {
+		t.Errorf("PM timer block %#x length %d", le.Uint32(f[76:]), f[91])
+	}
+	if f[208] != 1 || f[209] != 32 || f[211] != 3 || le.Uint64(f[212:]) != 0x608 {
+		t.Errorf("X_PM_TMR_BLK %x", f[208:220])
 	}
 	flags := le.Uint32(f[112:])
-	for _, bit := range []uint32{fadtWBINVD, fadtProcC1, fadtResetRegSup, fadtPwrButton, fadtSlpButton} {
+	for _, bit := range []uint32{fadtWBINVD, fadtProcC1, fadtResetRegSup, fadtPwrButton, fadtSlpButton, fadtTmrValExt} {
 		if flags&bit == 0 {
 			t.Errorf("flags %#x lack %#x", flags, bit)
 		}
@@ -318,6 +322,8 @@ func TestBuildErrors(t *testing.T) {
 		{"unaligned base", testConfig(), testBase + 8},
 		{"crosses 1 MiB", testConfig(), RSDPScanEnd - 0x200},
 		{"max size", mod(func(c *Config) { c.MaxSize = 512 }), testBase},
+		{"PM timer on PM1a", mod(func(c *Config) { c.PMTimer = 0x603 }), testBase},
+		{"PM timer past 64K", mod(func(c *Config) { c.PMTimer = 0xfffe }), testBase},
 		{"no PM1 event block", mod(func(c *Config) { c.PM1aEvt = 0 }), testBase},
 		{"PM1 blocks overlap", mod(func(c *Config) { c.PM1aCnt = 0x602 }), testBase},
 		{"PM1 block past 0xffff", mod(func(c *Config) { c.PM1aEvt = 0xfffe }), testBase},

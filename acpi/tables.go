@@ -51,6 +51,7 @@ const (
 	gasSystemIO = 1
 	gasByte     = 1
 	gasWord     = 2
+	gasDWord    = 3
 )
 
 // putGAS writes a 12-byte Generic Address Structure.
@@ -110,6 +111,7 @@ const (
 	fadtPwrButton   = 1 << 4 // no fixed-feature power button
 	fadtSlpButton   = 1 << 5 // no fixed-feature sleep button
 	fadtFixRTC      = 1 << 6 // no RTC wake status in fixed registers
+	fadtTmrValExt   = 1 << 8 // the PM timer counts 32 bits
 	fadtResetRegSup = 1 << 10
 	fadtHeadless    = 1 << 12
 )
@@ -141,15 +143,22 @@ func fadt(cfg *Config, facsAddr, dsdtAddr uint64) []byte {
 	// (SCI_EN reads as 1), there is no mode switch.
 	le.PutUint32(t[56:], uint32(cfg.PM1aEvt))
 	le.PutUint32(t[64:], uint32(cfg.PM1aCnt))
-	// No PM timer (76), no GPE blocks (80, 84).
+	le.PutUint32(t[76:], uint32(cfg.PMTimer))
+	// No GPE blocks (80, 84).
 	t[88] = pm1EvtLen
 	t[89] = pm1CntLen
+	if cfg.PMTimer != 0 {
+		t[91] = pmTmrLen
+	}
 	le.PutUint16(t[96:], 101)  // P_LVL2_LAT > 100: C2 not supported
 	le.PutUint16(t[98:], 1001) // P_LVL3_LAT > 1000: C3 not supported
 	le.PutUint16(t[109:], bootLegacyDevices|bootVGANotPresent)
 	flags := uint32(fadtWBINVD | fadtProcC1 | fadtSlpButton | fadtFixRTC | fadtResetRegSup | fadtHeadless)
 	if !cfg.PowerButton {
 		flags |= fadtPwrButton
+	}
+	if cfg.PMTimer != 0 {
+		flags |= fadtTmrValExt
 	}
 	le.PutUint32(t[112:], flags)
 	putGAS(t[116:], gasSystemIO, 8, 0, gasByte, ResetPort)
@@ -159,6 +168,9 @@ func fadt(cfg *Config, facsAddr, dsdtAddr uint64) []byte {
 	le.PutUint64(t[140:], dsdtAddr)
 	putGAS(t[148:], gasSystemIO, 8*pm1EvtLen, 0, gasWord, uint64(cfg.PM1aEvt))
 	putGAS(t[172:], gasSystemIO, 8*pm1CntLen, 0, gasWord, uint64(cfg.PM1aCnt))
+	if cfg.PMTimer != 0 {
+		putGAS(t[208:], gasSystemIO, 8*pmTmrLen, 0, gasDWord, uint64(cfg.PMTimer))
+	}
 	return finish(t)
 }
 

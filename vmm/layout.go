@@ -17,8 +17,8 @@ import (
 //	0x100000000-           RAM above 3 GiB, if any
 //
 // Port I/O: 0x3f8 COM1, 0x70 CMOS, 0x60/0x64 i8042, 0x600 ACPI PM1a event
-// block, 0x604 PM1a control block, 0xcf8-0xcff PCI configuration with the
-// reset register 0xcf9, 0xc000-0xffff PCI I/O BARs.
+// block, 0x604 PM1a control block, 0x608 ACPI PM timer, 0xcf8-0xcff PCI
+// configuration with the reset register 0xcf9, 0xc000-0xffff PCI I/O BARs.
 const (
 	pciHoleStart    = 0xc0000000
 	fourGiB         = 1 << 32
@@ -38,6 +38,7 @@ const (
 	portI8042Cmd  = 0x64
 	portPM1aEvt   = 0x600
 	portPM1aCnt   = 0x604
+	portPMTimer   = 0x608
 	// portPOST is the BIOS POST code port; Linux uses it for I/O delays.
 	portPOST = 0x80
 

@@ -195,6 +195,7 @@ func (v *VM) acpiConfig() acpi.Config {
 		CPUs:    v.cfg.CPUs,
 		PM1aEvt: portPM1aEvt,
 		PM1aCnt: portPM1aCnt,
+		PMTimer: portPMTimer,
 		SCI:     irqSCI,
 		Serial:  true,
 		PCI: &acpi.PCIConfig{
@@ -270,6 +271,7 @@ func (v *VM) addPlatform() error {
 		{portI8042Data, 5, &reset.I8042{OnReset: onReset}},
 		{portPM1aEvt, 4, v.pm.EventBlock()},
 		{portPM1aCnt, 2, v.pm.ControlBlock()},
+		{portPMTimer, 4, acpi.NewPMTimer()},
 		{portPOST, 1, reset.Sink{}},
 	}
 	for _, r := range regs {
