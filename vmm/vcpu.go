@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -338,7 +339,31 @@ func (v *VM) logStopState(t *vcpuThread) {
 		cpl = int(s.SS.DPL)
 	}
 	v.log.Debug("vcpu state at stop", "vcpu", t.id, "rip", fmt.Sprintf("%#x", regs.RIP),
-		"rsp", fmt.Sprintf("%#x", regs.RSP), "rflags", fmt.Sprintf("%#x", regs.RFLAGS), "cpl", cpl)
+		"rsp", fmt.Sprintf("%#x", regs.RSP), "rflags", fmt.Sprintf("%#x", regs.RFLAGS), "cpl", cpl,
+		"stack_text", v.stackText(t, regs.RSP))
+}
+
+// stackText returns the words on the top 512 bytes of a vCPU's stack that
+// look like kernel text addresses (0xffffffff8xxxxxxx), innermost first:
+// with the guest's System.map they are a rough backtrace. Only guest
+// memory is read; nothing is trusted.
+func (v *VM) stackText(t *vcpuThread, rsp uint64) string {
+	var out []string
+	for off := uint64(0); off < 512; off += 8 {
+		gva := rsp + off
+		gpa, ok, err := t.cpu.TranslateAddress(gva)
+		if err != nil || !ok {
+			break
+		}
+		b, err := v.mem.Slice(gpa, 8)
+		if err != nil {
+			break
+		}
+		if w := binary.LittleEndian.Uint64(b); w>>28 == 0xffffffff8 {
+			out = append(out, fmt.Sprintf("%#x", w))
+		}
+	}
+	return strings.Join(out, " ")
 }
 
 // vcpuError builds the error that ends the VM: the exit, the vCPU's
