@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"math"
+	"regexp"
+	"strconv"
 	"strings"
 )
 
@@ -21,6 +23,44 @@ var guestBlkPatterns = []string{"seq-read", "rand-read", "seq-write", "rand-writ
 type KVMInfo struct {
 	Date  string
 	Where string // e.g. "nested KVM on QEMU TCG (docs/pvm.md)"
+	// Unfinished holds, per benchmark ("BenchmarkGuestBlk/govmd"), how
+	// many runs were left out when none finished: such a benchmark fails
+	// and reports no metrics (see Unfinished).
+	Unfinished map[string]int
+}
+
+var (
+	benchNameRe = regexp.MustCompile(`^(Benchmark[A-Za-z0-9]+/[a-z]+)`)
+	noRunRe     = regexp.MustCompile(`: ([a-z]+): no run finished \(([0-9]+) hung or crashed\)`)
+)
+
+// Unfinished finds the e2e benchmarks' "no run finished (N hung or
+// crashed)" lines in go test output, keyed by the benchmark they follow.
+func Unfinished(out string) map[string]int {
+	m := map[string]int{}
+	cur := ""
+	for _, l := range strings.Split(out, "\n") {
+		if b := benchNameRe.FindStringSubmatch(l); b != nil {
+			cur = b[1]
+		}
+		if r := noRunRe.FindStringSubmatch(l); r != nil && cur != "" {
+			n, _ := strconv.Atoi(r[2])
+			m[cur] = n
+		}
+	}
+	return m
+}
+
+// hangs returns the "hangs" metric of name, or the left-out count of a
+// benchmark in which no run finished.
+func hangs(rs Results, in KVMInfo, name string) string {
+	if v := rs.metric(name, "hangs"); !math.IsNaN(v) {
+		return num(v, "%.0f")
+	}
+	if n, ok := in.Unfinished[name]; ok {
+		return fmt.Sprintf("%d (no run finished)", n)
+	}
+	return "-"
 }
 
 // metric returns the last value of unit for name, or NaN.
@@ -60,7 +100,7 @@ func RenderKVM(rs Results, in KVMInfo) string {
 		p("| %s | %s | %s | %s | %s | %s |\n", row.label,
 			num(rs.metric(row.name, "s-to-ready"), "%.2f"), num(rs.metric(row.name, "s-guest-uptime"), "%.2f"),
 			num(rs.metric(row.name, "MiB-peak-rss"), "%.1f"), num(rs.metric(row.name, "boots"), "%.0f"),
-			num(rs.metric(row.name, "hangs"), "%.0f"))
+			hangs(rs, in, row.name))
 	}
 	p("\n| ratio (govmd / QEMU) | value |\n|---|---|\n")
 	p("| wall time to GOVMD-READY | %s |\n", quot(rs.metric(g, "s-to-ready"), rs.metric(q, "s-to-ready")))
@@ -85,7 +125,7 @@ func RenderKVM(rs Results, in KVMInfo) string {
 		a, c := rs.metric(g, "kIOPS-"+pat), rs.metric(q, "kIOPS-"+pat)
 		p("| %s | %s | %s | %s |\n", pat, num(a, "%.2f"), num(c, "%.2f"), quot(a, c))
 	}
-	p("\nRuns that hung or crashed: govmd %s, QEMU %s.\n", num(rs.metric(g, "hangs"), "%.0f"), num(rs.metric(q, "hangs"), "%.0f"))
+	p("\nRuns that hung or crashed: govmd %s, QEMU %s.\n", hangs(rs, in, g), hangs(rs, in, q))
 	return b.String()
 }
 

@@ -198,6 +198,16 @@ func runKVM(out, where string, files []string) error {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	section := RenderKVM(rs, KVMInfo{Date: time.Now().UTC().Format("2006-01-02 15:04 UTC"), Where: where})
+	unfinished := map[string]int{}
+	for _, name := range files {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			return err
+		}
+		for k, v := range Unfinished(string(b)) {
+			unfinished[k] = v
+		}
+	}
+	section := RenderKVM(rs, KVMInfo{Date: time.Now().UTC().Format("2006-01-02 15:04 UTC"), Where: where, Unfinished: unfinished})
 	return os.WriteFile(out, []byte(ReplaceTail(string(old), section)), 0o644)
 }

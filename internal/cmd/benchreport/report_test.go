@@ -196,6 +196,24 @@ PASS
 			t.Errorf("KVM section lacks %q:\n%s", want, doc)
 		}
 	}
+	failed := `BenchmarkGuestBlk
+BenchmarkGuestBlk/govmd
+    bench_test.go:70: govmd: run left out: the guest did not finish in time (blk-bench incomplete: 0 of 4 patterns)
+    bench_test.go:73: govmd: no run finished (4 hung or crashed)
+--- FAIL: BenchmarkGuestBlk/govmd
+BenchmarkGuestBlk/qemu
+`
+	un := Unfinished(failed)
+	if len(un) != 1 || un["BenchmarkGuestBlk/govmd"] != 4 {
+		t.Fatalf("Unfinished = %v", un)
+	}
+	rs2 := Results{}
+	if err := Parse(strings.NewReader("BenchmarkGuestBlk/qemu-2 5 0 ns/op 0 hangs 4.000 kIOPS-seq-read\n"), rs2); err != nil {
+		t.Fatal(err)
+	}
+	if doc2 := RenderKVM(rs2, KVMInfo{Unfinished: un}); !strings.Contains(doc2, "Runs that hung or crashed: govmd 4 (no run finished), QEMU 0.") {
+		t.Errorf("unfinished govmd not reported:\n%s", doc2)
+	}
 	whole := ReplaceTail("# Benchmarks\n\nnet\n\n"+kvmHeading+"\n\nold\n", doc)
 	if !strings.HasPrefix(whole, "# Benchmarks\n\nnet\n\n"+kvmHeading) || strings.Contains(whole, "old") {
 		t.Errorf("ReplaceTail:\n%s", whole)
