@@ -63,8 +63,9 @@ func TestBootReady(t *testing.T) {
 				}
 			}
 			// The PIT must be on the IOAPIC pin the MADT names (IRQ0 ->
-			// GSI 2), not found only through the PIC.
-			if consoleHas(g, "8254 timer not connected to IO-APIC") {
+			// GSI 2), not found only through the PIC; the bare profile
+			// leaves it off the IOAPIC on purpose (docs/pvm.md).
+			if !kvm.DetectHostProfile().Bare && consoleHas(g, "8254 timer not connected to IO-APIC") {
 				t.Errorf("the guest did not find the PIT on IOAPIC pin 2")
 			}
 			t.Logf("GOVMD-READY at guest uptime %ss, %.1fs wall", m[1], time.Since(g.start).Seconds())

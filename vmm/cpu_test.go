@@ -233,7 +233,7 @@ const errFake = fakeErr("refused")
 
 func TestMSIXSink(t *testing.T) {
 	vm := &fakeIRQVM{}
-	r := newRouter(vm)
+	r := newRouter(vm, kvm.PCIRQRouting())
 	s, err := newMSIXSink(vm, r, 3, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
@@ -279,7 +279,7 @@ func TestMSIXSink(t *testing.T) {
 
 func TestMSIXSinkWithoutIRQFD(t *testing.T) {
 	vm := &fakeIRQVM{failFD: true}
-	s, err := newMSIXSink(vm, newRouter(vm), 1, slog.New(slog.DiscardHandler))
+	s, err := newMSIXSink(vm, newRouter(vm, kvm.PCIRQRouting()), 1, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

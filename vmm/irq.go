@@ -20,19 +20,20 @@ type irqVM interface {
 	RemoveIRQFD(fd int, gsi uint32) error
 }
 
-// router owns KVM's GSI routing table: the irqchip pins of
-// kvm.PCIRQRouting (which matches the MADT's IRQ0 -> GSI 2 override) plus
-// one MSI route per MSI-X vector in use.
+// router owns KVM's GSI routing table: the irqchip routes it was made
+// with (kvm.PCIRQRouting, which matches the MADT's IRQ0 -> GSI 2
+// override) plus one MSI route per MSI-X vector in use.
 type router struct {
-	vm irqVM
+	vm   irqVM
+	pins []kvm.RoutingEntry
 
 	mu   sync.Mutex
 	msi  map[uint32]kvm.MSI
 	next uint32
 }
 
-func newRouter(vm irqVM) *router {
-	return &router{vm: vm, msi: map[uint32]kvm.MSI{}, next: firstMSIGSI}
+func newRouter(vm irqVM, pins []kvm.RoutingEntry) *router {
+	return &router{vm: vm, pins: pins, msi: map[uint32]kvm.MSI{}, next: firstMSIGSI}
 }
 
 // allocGSI reserves a GSI for an MSI route.
@@ -67,7 +68,7 @@ func (r *router) install() error {
 }
 
 func (r *router) installLocked() error {
-	table := kvm.PCIRQRouting()
+	table := append([]kvm.RoutingEntry(nil), r.pins...)
 	gsis := make([]uint32, 0, len(r.msi))
 	for g := range r.msi {
 		gsis = append(gsis, g)

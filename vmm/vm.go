@@ -231,7 +231,18 @@ func (v *VM) setupVM(ram []memory.Range) error {
 			return err
 		}
 	}
-	v.router = newRouter(v.kvm)
+	pins := kvm.PCIRQRouting()
+	if v.prof.bare {
+		// KVM nested on QEMU TCG: there the L0 emulation delivers an
+		// edge interrupt again right after the guest's EOI, with
+		// interrupts disabled, and the guest deadlocks in
+		// handle_edge_irq (docs/pvm.md). With the PIT left on IOAPIC
+		// pin 0, where the MADT does not put it, Linux finds no timer
+		// on the IOAPIC and takes it through the 8259A (ExtINT), whose
+		// handler masks the line while it runs.
+		pins = kvm.DefaultIRQRouting()
+	}
+	v.router = newRouter(v.kvm, pins)
 	if err := v.router.install(); err != nil {
 		return fmt.Errorf("vmm: GSI routing: %w", err)
 	}

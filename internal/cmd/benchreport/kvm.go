@@ -88,7 +88,7 @@ func RenderKVM(rs Results, in KVMInfo) string {
 	p("govmd and QEMU (%s) boot the same test kernel (PVH vmlinux), initramfs and command line with\n", "qemu-system-x86_64 -enable-kvm -cpu host, qboot, -nodefaults; on KVM nested in QEMU TCG -cpu host,kvm=off,-hypervisor, the CPU of govmd's bare profile there")
 	p("2 vCPUs and 256 MiB, one after the other in the same run. Times are medians over the boots;\n")
 	p("a boot that did not finish within 2 minutes, printed nothing for a minute, or whose guest crashed first, counts as hung\n")
-	p("and is left out, and is repeated up to 3 times (see docs/pvm.md\n")
+	p("and is left out and repeated (up to as many times as there are boots, at least 3; see docs/pvm.md\n")
 	p("for why guests stall in nested KVM). Absolute times in nested KVM say nothing about hardware KVM;\n")
 	p("the ratios compare the two VMMs on the same footing.\n\n")
 
@@ -119,7 +119,7 @@ func RenderKVM(rs Results, in KVMInfo) string {
 	p("both go through the host page cache). kIOPS timed by the host between the guest's begin and end\n")
 	p("lines; the guest's own clock is not reliable in nested KVM. A run (boot and the four patterns)\n")
 	p("that did not finish within 6 minutes, printed nothing for a minute, or whose guest crashed, is left out and repeated\n")
-	p("(at most 3 times; a VMM with no finished run has no figures).\n\n")
+	p("(as for the boots; a VMM with no finished run has no figures).\n\n")
 	p("| pattern | govmd kIOPS | QEMU kIOPS | govmd / QEMU |\n|---|---|---|---|\n")
 	for _, pat := range guestBlkPatterns {
 		a, c := rs.metric(g, "kIOPS-"+pat), rs.metric(q, "kIOPS-"+pat)
