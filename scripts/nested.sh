@@ -184,7 +184,7 @@ fi
 # the e2e helpers report that as "guest console stalled", "guest kernel
 # failed" or (a TCP transfer into the guest timing out) "guest network
 # stalled". Top-level tests that failed then are rerun, up to
-# NESTED_RETRIES times (default 3), and the log says so. Any other failure
+# NESTED_RETRIES times (default 6), and the log says so. Any other failure
 # stands.
 try=1
 while :; do
@@ -192,7 +192,7 @@ while :; do
 	flakes=$(grep -c -e 'guest console stalled' -e 'guest kernel failed' -e 'guest network stalled' "$LOG" || true)
 	others=$(sed -n 's/.*NESTED-TEST \([a-z_]*\) rc=\([1-9][0-9]*\).*/\1/p' "$LOG" | grep -v -x e2e || true)
 	if [ -n "${NESTED_NO_RETRY:-}" ] || [ -z "$failed" ] || [ "$flakes" = 0 ] || [ -n "$others" ] ||
-		[ "$try" -gt "${NESTED_RETRIES:-3}" ]; then
+		[ "$try" -gt "${NESTED_RETRIES:-6}" ]; then
 		exit 1
 	fi
 	log "retry $try after $flakes guest stall(s) or crash(es) in: $failed (previous log: $LOG.$try)"
