@@ -53,7 +53,7 @@ func BenchmarkBootReady(b *testing.B) {
 
 // benchSpareRuns is how many runs a benchmark may leave out (hung or
 // crashed guests) before it stops short of b.N good ones, at least.
-const benchSpareRuns = 3
+const benchSpareRuns = 6
 
 // benchRuns calls once until it returned nil b.N times, and returns how
 // many runs it left out: a run whose guest hung or crashed (errHang,

@@ -15,7 +15,8 @@
 #   BENCH_KVM       0 skips the KVM section (real guests, govmd next to QEMU)
 #   BENCH_KVM_RUNS  boots per VMM and benchmark (default 5)
 #   BENCH_KVM_BLK_OPS  4 KiB requests per pattern in BenchmarkGuestBlk
-#                   (default 4000; 1000 in nested KVM, where each costs ms)
+#                   (default 4000; 200 in nested KVM, where each costs ms and
+#                   a longer run is likelier to stall, docs/pvm.md)
 #
 # The KVM section runs the e2e benchmarks BenchmarkBootReady and
 # BenchmarkGuestBlk with a usable /dev/kvm, or else inside nested KVM on
@@ -73,7 +74,7 @@ if [ "${BENCH_KVM:-1}" != 0 ]; then
 		(cd e2e && go test -c -o "$tmp/e2e.test" . && "$tmp/e2e.test" $bench) | tee "$tmp/kvm.txt"
 	else
 		where="nested KVM on QEMU TCG (no usable /dev/kvm here; docs/pvm.md)"
-		bench="$bench -govmd.blk-ops=${BENCH_KVM_BLK_OPS:-1000}"
+		bench="$bench -govmd.blk-ops=${BENCH_KVM_BLK_OPS:-200}"
 		NESTED_QEMU=1 NESTED_RUN='^$' NESTED_ARGS="$bench" NESTED_NO_RETRY=1 NESTED_LOG="$tmp/kvm.txt" \
 			NESTED_TIMEOUT=${NESTED_TIMEOUT:-5400} scripts/nested.sh ./e2e || echo "bench: the nested KVM run failed; see $tmp/kvm.txt" >&2
 	fi

@@ -88,7 +88,7 @@ func RenderKVM(rs Results, in KVMInfo) string {
 	p("govmd and QEMU (%s) boot the same test kernel (PVH vmlinux), initramfs and command line with\n", "qemu-system-x86_64 -enable-kvm -cpu host, qboot, -nodefaults; on KVM nested in QEMU TCG -cpu host,kvm=off,-hypervisor, the CPU of govmd's bare profile there")
 	p("2 vCPUs and 256 MiB, one after the other in the same run. Times are medians over the boots;\n")
 	p("a boot that did not finish within 2 minutes, printed nothing for a minute, or whose guest crashed first, counts as hung\n")
-	p("and is left out and repeated (up to as many times as there are boots, at least 3; see docs/pvm.md\n")
+	p("and is left out and repeated (up to as many times as there are boots, at least 6; see docs/pvm.md\n")
 	p("for why guests stall in nested KVM). Absolute times in nested KVM say nothing about hardware KVM;\n")
 	p("the ratios compare the two VMMs on the same footing.\n\n")
 
