@@ -118,14 +118,15 @@ func (c *Config) validate() error {
 	if c.SCI > 15 || c.SCI == 2 {
 		return fmt.Errorf("%w: SCI %d must be an ISA IRQ other than 0 and 2", ErrConfig, c.SCI)
 	}
-	evt, cnt := uint32(c.PM1aEvt), uint32(c.PM1aCnt)
-	if evt == 0 || cnt == 0 || evt+pm1EvtLen > 1<<16 || cnt+pm1CntLen > 1<<16 ||
-		evt < cnt+pm1CntLen && cnt < evt+pm1EvtLen {
-		return fmt.Errorf("%w: PM1a blocks at %#x/%#x must be non-zero, non-overlapping ports", ErrConfig, evt, cnt)
+	// The port blocks as Windows of the 64 KiB port space.
+	evt := Window{Base: uint64(c.PM1aEvt), Size: pm1EvtLen}
+	cnt := Window{Base: uint64(c.PM1aCnt), Size: pm1CntLen}
+	if evt.Base == 0 || cnt.Base == 0 || evt.Base+evt.Size > 1<<16 || cnt.Base+cnt.Size > 1<<16 || overlaps(evt, cnt) {
+		return fmt.Errorf("%w: PM1a blocks at %#x/%#x must be non-zero, non-overlapping ports", ErrConfig, evt.Base, cnt.Base)
 	}
-	if tmr := uint32(c.PMTimer); tmr != 0 && (tmr+pmTmrLen > 1<<16 ||
-		tmr < evt+pm1EvtLen && evt < tmr+pmTmrLen || tmr < cnt+pm1CntLen && cnt < tmr+pmTmrLen) {
-		return fmt.Errorf("%w: PM timer at %#x must not overlap the PM1a blocks", ErrConfig, tmr)
+	if tmr := (Window{Base: uint64(c.PMTimer), Size: pmTmrLen}); tmr.Base != 0 &&
+		(tmr.Base+tmr.Size > 1<<16 || overlaps(tmr, evt) || overlaps(tmr, cnt)) {
+		return fmt.Errorf("%w: PM timer at %#x must not overlap the PM1a blocks", ErrConfig, tmr.Base)
 	}
 	if c.PCI != nil {
 		if err := c.PCI.validate(); err != nil {
