@@ -18,9 +18,11 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"runtime"
@@ -58,7 +60,7 @@ func run(args []string) error {
 	if fs.NArg() == 0 {
 		return errors.New("no benchmark output files")
 	}
-	rs, err := parseFiles(fs.Args())
+	rs, _, err := parseFiles(fs.Args())
 	if err != nil {
 		return err
 	}
@@ -168,26 +170,27 @@ func parseCPULine(stat string) (total, idle uint64, ok bool) {
 	return 0, 0, false
 }
 
-// parseFiles parses the benchmark output files into one Results.
-func parseFiles(names []string) (Results, error) {
+// parseFiles parses the benchmark output files into one Results and
+// returns their texts too, for what Parse does not keep.
+func parseFiles(names []string) (Results, [][]byte, error) {
 	rs := Results{}
+	var texts [][]byte
 	for _, name := range names {
-		f, err := os.Open(name)
+		b, err := os.ReadFile(name)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		err = Parse(f, rs)
-		f.Close()
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
+		if err := Parse(bytes.NewReader(b), rs); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", name, err)
 		}
+		texts = append(texts, b)
 	}
-	return rs, nil
+	return rs, texts, nil
 }
 
 // runKVM rewrites the KVM section of the report at out.
 func runKVM(out, where string, files []string) error {
-	rs, err := parseFiles(files)
+	rs, texts, err := parseFiles(files)
 	if err != nil {
 		return err
 	}
@@ -199,14 +202,8 @@ func runKVM(out, where string, files []string) error {
 		return err
 	}
 	unfinished := map[string]int{}
-	for _, name := range files {
-		b, err := os.ReadFile(name)
-		if err != nil {
-			return err
-		}
-		for k, v := range Unfinished(string(b)) {
-			unfinished[k] = v
-		}
+	for _, b := range texts {
+		maps.Copy(unfinished, Unfinished(string(b)))
 	}
 	section := RenderKVM(rs, KVMInfo{Date: time.Now().UTC().Format("2006-01-02 15:04 UTC"), Where: where, Unfinished: unfinished})
 	return os.WriteFile(out, []byte(ReplaceTail(string(old), section)), 0o644)
