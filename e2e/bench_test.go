@@ -51,8 +51,8 @@ func BenchmarkBootReady(b *testing.B) {
 	})
 }
 
-// benchSpareRuns is how many runs a benchmark may leave out (hung or
-// crashed guests) before it stops short of b.N good ones, at least.
+// benchSpareRuns is the least number of runs a benchmark may leave out
+// (hung or crashed guests) before it stops short of b.N good ones.
 const benchSpareRuns = 6
 
 // benchRuns calls once until it returned nil b.N times, and returns how
@@ -230,10 +230,11 @@ var blkOps = flag.Int("govmd.blk-ops", 4000, "BenchmarkGuestBlk: 4 KiB requests 
 
 // BenchmarkGuestBlk runs the agent's blk-bench step (-govmd.blk-ops 4 KiB
 // O_DIRECT requests at queue depth 1: sequential and random reads and
-// writes over the first 32 MiB) in the test guest on a 64 MiB raw image, with govmd's
-// virtio-blk and with QEMU's (virtio-blk-pci, cache=writeback, the same
-// page-cache path govmd's pread/pwrite take), and reports kIOPS per
-// pattern timed by the host between the guest's begin and end lines.
+// writes over the first 32 MiB) in the test guest on a 64 MiB raw image,
+// with govmd's virtio-blk and with QEMU's (virtio-blk-pci,
+// cache=writeback, the same page-cache path govmd's pread/pwrite take),
+// and reports kIOPS per pattern timed by the host between the guest's
+// begin and end lines.
 func BenchmarkGuestBlk(b *testing.B) {
 	requireKVM(b)
 	vmlinux := image(b, "linux/vmlinux")

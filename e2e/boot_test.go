@@ -35,9 +35,8 @@ func cmdline(t testing.TB, extra string) string {
 func TestBootReady(t *testing.T) {
 	for _, kernel := range []string{"linux/bzImage", "linux/vmlinux"} {
 		t.Run(strings.TrimPrefix(kernel, "linux/"), func(t *testing.T) {
-			line := cmdline(t, "govmd.test=ready")
 			g := Start(t, "run", "--kernel", image(t, kernel), "--initrd", image(t, "initrd.cpio.gz"),
-				"--cmdline", line, "--cpus", "2", "--memory", "256M")
+				"--cmdline", cmdline(t, "govmd.test=ready"), "--cpus", "2", "--memory", "256M")
 			m := g.Expect(`GOVMD-READY uptime=([0-9.]+) cpus=([0-9]+)`, bootTimeout)
 			if m[2] != "2" {
 				t.Errorf("guest saw %s CPUs, want 2", m[2])
@@ -50,8 +49,9 @@ func TestBootReady(t *testing.T) {
 			// KVM leaves) and keep time with kvmclock, not jiffies; with
 			// the bare profile (detected on KVM nested in QEMU TCG) it
 			// must see no hypervisor at all.
+			bare := kvm.DetectHostProfile().Bare
 			wants := []string{"Hypervisor detected: KVM", "clocksource: Switched to clocksource kvm-clock"}
-			if kvm.DetectHostProfile().Bare {
+			if bare {
 				wants = nil
 				if consoleHas(g, "Hypervisor detected") {
 					t.Errorf("bare profile: the guest detected a hypervisor")
@@ -65,7 +65,7 @@ func TestBootReady(t *testing.T) {
 			// The PIT must be on the IOAPIC pin the MADT names (IRQ0 ->
 			// GSI 2), not found only through the PIC; the bare profile
 			// leaves it off the IOAPIC on purpose (docs/pvm.md).
-			if !kvm.DetectHostProfile().Bare && consoleHas(g, "8254 timer not connected to IO-APIC") {
+			if !bare && consoleHas(g, "8254 timer not connected to IO-APIC") {
 				t.Errorf("the guest did not find the PIT on IOAPIC pin 2")
 			}
 			t.Logf("GOVMD-READY at guest uptime %ss, %.1fs wall", m[1], time.Since(g.start).Seconds())
