@@ -61,26 +61,15 @@ func newWorker(d *Device, idx int, a virtio.Activation, stop *atomic.Bool) *work
 // run serves the queue until the device is reset or the queue breaks.
 func (w *worker) run(wg *sync.WaitGroup) {
 	defer wg.Done()
-	for {
-		err := w.drain()
-		if errors.Is(err, errStopped) || w.stop.Load() {
-			return
-		}
-		if err != nil {
-			// The driver broke the queue: DEVICE_NEEDS_RESET, and this
-			// queue is not touched again until the reset.
-			w.d.stats.guestFaults.Add(1)
-			w.transport.NeedsReset(fmt.Errorf("virtio-blk queue %d: %w", w.idx, err))
-			return
-		}
-		if _, err := w.kick.Wait(); err != nil {
-			if !errors.Is(err, eventfd.ErrCanceled) {
-				w.d.log.Error("virtio-blk queue notification failed; queue stopped", "queue", w.idx, "err", err)
-				w.transport.NeedsReset(fmt.Errorf("virtio-blk queue %d: %w", w.idx, err))
-			}
-			return
-		}
-	}
+	virtio.QueueLoop{
+		Name:      fmt.Sprintf("virtio-blk queue %d", w.idx),
+		Kick:      w.kick,
+		Transport: w.transport,
+		Stop:      w.stop,
+		Stopped:   errStopped,
+		Faults:    &w.d.stats.guestFaults,
+		Log:       w.d.log,
+	}.Run(w.drain)
 }
 
 // drain serves requests until the queue is empty with notifications

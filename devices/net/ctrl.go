@@ -72,24 +72,7 @@ func newCtrlWorker(d *Device, a virtio.Activation, stop *atomic.Bool) *ctrlWorke
 
 func (w *ctrlWorker) run(wg *sync.WaitGroup) {
 	defer wg.Done()
-	for {
-		err := w.drain()
-		if errors.Is(err, errStopped) || w.stop.Load() {
-			return
-		}
-		if err != nil {
-			w.d.stats.guestFaults.Add(1)
-			w.tr.NeedsReset(fmt.Errorf("virtio-net control queue: %w", err))
-			return
-		}
-		if _, err := w.kick.Wait(); err != nil {
-			if !errors.Is(err, eventfd.ErrCanceled) {
-				w.d.log.Error("virtio-net: control notification failed; queue stopped", "err", err)
-				w.tr.NeedsReset(fmt.Errorf("virtio-net control queue: %w", err))
-			}
-			return
-		}
-	}
+	w.d.queueLoop("virtio-net control queue", w.kick, w.tr, w.stop).Run(w.drain)
 }
 
 // drain answers every available request. Requests are rare and the driver

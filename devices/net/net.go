@@ -526,3 +526,9 @@ func (d *Device) maxRxFrame(guest uint64) int {
 
 // errStopped ends a worker's loop when the device is reset.
 var errStopped = errors.New("virtio-net: stopped")
+
+// queueLoop is the outer loop of one of the device's queue workers.
+func (d *Device) queueLoop(name string, kick *eventfd.EventFD, tr virtio.Transport, stop *atomic.Bool) virtio.QueueLoop {
+	return virtio.QueueLoop{Name: name, Kick: kick, Transport: tr, Stop: stop,
+		Stopped: errStopped, Faults: &d.stats.guestFaults, Log: d.log}
+}

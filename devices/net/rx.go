@@ -70,17 +70,8 @@ func newRxWorker(d *Device, a virtio.Activation, stop *atomic.Bool) *rxWorker {
 // run delivers frames until the device is reset or the queue breaks.
 func (w *rxWorker) run(wg *sync.WaitGroup) {
 	defer wg.Done()
-	for {
-		err := w.step()
-		if errors.Is(err, errStopped) || w.stop.Load() {
-			return
-		}
-		if err != nil {
-			w.d.stats.guestFaults.Add(1)
-			w.tr.NeedsReset(fmt.Errorf("virtio-net receive queue: %w", err))
-			return
-		}
-	}
+	// step does its own waiting (for buffers and for frames): no kick.
+	w.d.queueLoop("virtio-net receive queue", nil, w.tr, w.stop).Run(w.step)
 }
 
 // step waits for buffers, then for a frame, and delivers it. An error other

@@ -57,24 +57,7 @@ func newTxWorker(d *Device, a virtio.Activation, stop *atomic.Bool) *txWorker {
 // run serves the queue until the device is reset or the queue breaks.
 func (w *txWorker) run(wg *sync.WaitGroup) {
 	defer wg.Done()
-	for {
-		err := w.drain()
-		if errors.Is(err, errStopped) || w.stop.Load() {
-			return
-		}
-		if err != nil {
-			w.d.stats.guestFaults.Add(1)
-			w.tr.NeedsReset(fmt.Errorf("virtio-net transmit queue: %w", err))
-			return
-		}
-		if _, err := w.kick.Wait(); err != nil {
-			if !errors.Is(err, eventfd.ErrCanceled) {
-				w.d.log.Error("virtio-net: transmit notification failed; queue stopped", "err", err)
-				w.tr.NeedsReset(fmt.Errorf("virtio-net transmit queue: %w", err))
-			}
-			return
-		}
-	}
+	w.d.queueLoop("virtio-net transmit queue", w.kick, w.tr, w.stop).Run(w.drain)
 }
 
 // drain sends every available frame, publishing used elements at least
