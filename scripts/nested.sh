@@ -183,12 +183,29 @@ fi
 # on their own (QEMU's guests more often than govmd's; see docs/pvm.md):
 # the e2e helpers report that as "guest console stalled", "guest kernel
 # failed" or (a TCP transfer into the guest timing out) "guest network
-# stalled". Top-level tests that failed then are rerun, up to
-# NESTED_RETRIES times (default 6), and the log says so. Any other failure
-# stands.
+# stalled". What failed is then rerun in a fresh L1, up to NESTED_RETRIES
+# times (default 6), and the log says so: the failed subtests when every
+# failed test has failed subtests (go test -run A/B), else the failed
+# tests whole. Any other failure stands.
+rerun_pattern() {
+	local tops subs t
+	tops=$(sed -n 's/^--- FAIL: \(Test[A-Za-z0-9_]*\).*/\1/p' "$1" | sort -u)
+	subs=$(sed -n 's/^    --- FAIL: Test[A-Za-z0-9_]*\/\([^ ]*\) .*/\1/p' "$1" | sort -u |
+		sed 's/[][\.*^$+?(){}|]/\\&/g' | paste -sd'|')
+	for t in $tops; do
+		grep -q "^    --- FAIL: $t/" "$1" || subs=
+	done
+	[ -n "$tops" ] || return 0
+	if [ -n "$subs" ]; then
+		echo "^($(echo "$tops" | paste -sd'|'))\$/^($subs)\$"
+	else
+		echo "^($(echo "$tops" | paste -sd'|'))\$"
+	fi
+}
+
 try=1
 while :; do
-	failed=$(sed -n 's/^--- FAIL: \(Test[A-Za-z0-9_]*\).*/\1/p' "$LOG" | sort -u | paste -sd'|')
+	failed=$(rerun_pattern "$LOG")
 	flakes=$(grep -c -e 'guest console stalled' -e 'guest kernel failed' -e 'guest network stalled' "$LOG" || true)
 	others=$(sed -n 's/.*NESTED-TEST \([a-z_]*\) rc=\([1-9][0-9]*\).*/\1/p' "$LOG" | grep -v -x e2e || true)
 	if [ -n "${NESTED_NO_RETRY:-}" ] || [ -z "$failed" ] || [ "$flakes" = 0 ] || [ -n "$others" ] ||
@@ -197,7 +214,7 @@ while :; do
 	fi
 	log "retry $try after $flakes guest stall(s) or crash(es) in: $failed (previous log: $LOG.$try)"
 	mv "$LOG" "$LOG.$try"
-	boot_l1 "^($failed)\$" "$LOG"
+	boot_l1 "$failed" "$LOG"
 	if evaluate "$LOG"; then
 		log "passed on retry $try"
 		exit 0
