@@ -174,7 +174,7 @@ func TestRenderKVM(t *testing.T) {
 	out := `goos: linux
 BenchmarkBootReady/govmd-2         	       5	         0 ns/op	         5.000 boots	         0 hangs	        30.5 MiB-peak-rss	         3.200 s-guest-uptime	        12.00 s-to-ready
 BenchmarkBootReady/qemu-2          	       5	         0 ns/op	         3.000 boots	         2.000 hangs	       120.0 MiB-peak-rss	         3.500 s-guest-uptime	        15.00 s-to-ready
-BenchmarkGuestBlk/govmd-2          	       5	         0 ns/op	         0 hangs	         8.000 kIOPS-rand-read	        10.00 kIOPS-seq-read	         7.000 kIOPS-rand-write	         9.000 kIOPS-seq-write
+BenchmarkGuestBlk/govmd-2          	       5	         0 ns/op	         0 hangs	         8.000 kIOPS-rand-read	        10.00 kIOPS-seq-read	         7.000 kIOPS-rand-write	         9.000 kIOPS-seq-write	         5.000 runs-seq-read	         3.000 runs-rand-write
 BenchmarkGuestBlk/qemu-2           	       5	         0 ns/op	         1.000 hangs	         4.000 kIOPS-rand-read	         5.000 kIOPS-seq-read	         3.500 kIOPS-rand-write	         4.500 kIOPS-seq-write
 PASS
 `
@@ -188,8 +188,8 @@ PASS
 		"| QEMU | 15.00 | 3.50 | 120.0 | 3 | 2 |",
 		"| wall time to GOVMD-READY | 0.80x |",
 		"| peak RSS | 0.25x |",
-		"| seq-read | 10.00 | 5.00 | 2.00x |",
-		"| rand-write | 7.00 | 3.50 | 2.00x |",
+		"| seq-read | 10.00 | 5 | 5.00 | - | 2.00x |",
+		"| rand-write | 7.00 | 3 | 3.50 | - | 2.00x |",
 		"Runs that hung or crashed: govmd 0, QEMU 1.",
 	} {
 		if !strings.Contains(doc, want) {
