@@ -12,8 +12,10 @@
 #   BENCH_NET_TIME  -benchtime of each net benchmark (default 3s)
 #   BENCH_BLK_TIME  -benchtime of each blk benchmark (default 1s)
 #   BENCH_OUT       report (default docs/bench.md)
+#   BENCH_HOST      0 skips the host benchmarks (their part of the report stays)
 #   BENCH_KVM       0 skips the KVM section (real guests, govmd next to QEMU)
 #   BENCH_KVM_RUNS  boots per VMM and benchmark (default 5)
+#   BENCH_KVM_LOG   where to keep the KVM benchmarks' whole output
 #   BENCH_KVM_BLK_OPS  4 KiB requests per pattern in BenchmarkGuestBlk
 #                   (default 4000; 200 in nested KVM, where each costs ms and
 #                   a longer run is likelier to stall, docs/pvm.md)
@@ -44,26 +46,28 @@ else
 fi
 trap 'rm -rf "$tmp" "$blkdir"' EXIT
 
-go test -c -o "$tmp/harness.test" ./internal/harness/
-go test -c -o "$tmp/blk.test" ./devices/blk/
 go build -o "$tmp/benchreport" ./internal/cmd/benchreport
+if [ "${BENCH_HOST:-1}" != 0 ]; then
+	go test -c -o "$tmp/harness.test" ./internal/harness/
+	go test -c -o "$tmp/blk.test" ./devices/blk/
 
-cp /proc/stat "$tmp/stat.start"
-load_start=$(cat /proc/loadavg)
-start=$(date +%s)
-for r in $(seq "$rounds"); do
-	echo "bench: round $r of $rounds" >&2
-	(cd internal/harness && "$tmp/harness.test" -test.run '^$' -test.bench '^BenchmarkLoop$' \
-		-test.benchtime "$net_time" -test.count 1 -test.timeout 30m) | tee -a "$tmp/net.txt"
-	(cd devices/blk && TMPDIR=$blkdir "$tmp/blk.test" -test.run '^$' -test.bench '^BenchmarkIO$' \
-		-test.benchtime "$blk_time" -test.count 1 -test.timeout 30m) | tee -a "$tmp/blk.txt"
-done
-echo "bench: $rounds rounds in $(( $(date +%s) - start ))s" >&2
+	cp /proc/stat "$tmp/stat.start"
+	load_start=$(cat /proc/loadavg)
+	start=$(date +%s)
+	for r in $(seq "$rounds"); do
+		echo "bench: round $r of $rounds" >&2
+		(cd internal/harness && "$tmp/harness.test" -test.run '^$' -test.bench '^BenchmarkLoop$' \
+			-test.benchtime "$net_time" -test.count 1 -test.timeout 30m) | tee -a "$tmp/net.txt"
+		(cd devices/blk && TMPDIR=$blkdir "$tmp/blk.test" -test.run '^$' -test.bench '^BenchmarkIO$' \
+			-test.benchtime "$blk_time" -test.count 1 -test.timeout 30m) | tee -a "$tmp/blk.txt"
+	done
+	echo "bench: $rounds rounds in $(( $(date +%s) - start ))s" >&2
 
-"$tmp/benchreport" -o "$out" -rounds "$rounds" -net-time "$net_time" -blk-time "$blk_time" \
-	-blk-fs "$(stat -f -c %T "$blkdir")" -load-start "$load_start" -stat-start "$tmp/stat.start" \
-	"$tmp/net.txt" "$tmp/blk.txt"
-echo "bench: wrote $out" >&2
+	"$tmp/benchreport" -o "$out" -rounds "$rounds" -net-time "$net_time" -blk-time "$blk_time" \
+		-blk-fs "$(stat -f -c %T "$blkdir")" -load-start "$load_start" -stat-start "$tmp/stat.start" \
+		"$tmp/net.txt" "$tmp/blk.txt"
+	echo "bench: wrote $out" >&2
+fi
 
 if [ "${BENCH_KVM:-1}" != 0 ]; then
 	runs=${BENCH_KVM_RUNS:-5}
@@ -78,6 +82,7 @@ if [ "${BENCH_KVM:-1}" != 0 ]; then
 		NESTED_QEMU=1 NESTED_RUN='^$' NESTED_ARGS="$bench" NESTED_NO_RETRY=1 NESTED_LOG="$tmp/kvm.txt" \
 			NESTED_TIMEOUT=${NESTED_TIMEOUT:-5400} scripts/nested.sh ./e2e || echo "bench: the nested KVM run failed; see $tmp/kvm.txt" >&2
 	fi
+	[ -z "${BENCH_KVM_LOG:-}" ] || cp "$tmp/kvm.txt" "$BENCH_KVM_LOG"
 	"$tmp/benchreport" -kvm -kvm-where "$where" -o "$out" "$tmp/kvm.txt"
 	echo "bench: wrote the KVM section of $out" >&2
 fi
