@@ -56,6 +56,27 @@ func pattern(n int) []byte {
 	return b
 }
 
+// netStallTimeout is how long a TCP transfer into the guest may make no
+// progress before the test calls the guest's network stalled.
+const netStallTimeout = time.Minute
+
+// writeProgressing writes data in 64 KiB pieces, each within stall: a
+// guest that stops taking data fails the write in about stall, however
+// large the transfer (os.ErrDeadlineExceeded).
+func writeProgressing(conn net.Conn, data []byte, stall time.Duration) error {
+	for len(data) > 0 {
+		n := min(len(data), 64<<10)
+		if err := conn.SetWriteDeadline(time.Now().Add(stall)); err != nil {
+			return err
+		}
+		if _, err := conn.Write(data[:n]); err != nil {
+			return err
+		}
+		data = data[n:]
+	}
+	return nil
+}
+
 func hexSHA(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
@@ -214,12 +235,10 @@ func runNetCase(t *testing.T, c netCase) {
 			return err
 		}
 		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(5 * time.Minute))
-		_, err = conn.Write(data)
-		return err
+		return writeProgressing(conn, data, netStallTimeout)
 	}); err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			// The guest stopped taking data for minutes: what the
+			// The guest stopped taking data for a minute: what the
 			// guest's console going silent is for the other steps
 			// (scripts/nested.sh reruns both, docs/pvm.md).
 			t.Fatalf("guest network stalled: sending to the guest: %v", err)
