@@ -184,16 +184,19 @@ fi
 # the e2e helpers report that as "guest console stalled", "guest kernel
 # failed" or (a TCP transfer into the guest timing out) "guest network
 # stalled". What failed is then rerun in a fresh L1, up to NESTED_RETRIES
-# times (default 6), and the log says so: the failed subtests when every
-# failed test has failed subtests (go test -run A/B), else the failed
-# tests whole. Any other failure stands.
+# times (default 6), and the log says so: only the failed subtests of the
+# failed tests (go test -run A/B; a test without subtests runs whole),
+# unless a test failed outside its subtests. Any other failure stands.
 rerun_pattern() {
 	local tops subs t
 	tops=$(sed -n 's/^--- FAIL: \(Test[A-Za-z0-9_]*\).*/\1/p' "$1" | sort -u)
 	subs=$(sed -n 's/^    --- FAIL: Test[A-Za-z0-9_]*\/\([^ ]*\) .*/\1/p' "$1" | sort -u |
 		sed 's/[][\.*^$+?(){}|]/\\&/g' | paste -sd'|')
+	# A test that failed outside its subtests is rerun whole.
 	for t in $tops; do
-		grep -q "^    --- FAIL: $t/" "$1" || subs=
+		if ! grep -q "^    --- FAIL: $t/" "$1" && grep -q "^    --- [A-Z]*: $t/" "$1"; then
+			subs=
+		fi
 	done
 	[ -n "$tops" ] || return 0
 	if [ -n "$subs" ]; then
