@@ -227,7 +227,26 @@ func (g *Guest) Expect(re string, timeout time.Duration) []string {
 
 // crashRe matches the console lines of a guest kernel that is dead or
 // wedged: a panic, an oops, an RCU or soft-lockup stall.
-var crashRe = regexp.MustCompile(`Kernel panic|BUG: |Oops|general protection fault|rcu: INFO: rcu_sched detected stalls|watchdog: BUG: soft lockup`)
+var crashRe = regexp.MustCompile(`Kernel panic|BUG: |Oops|general protection fault|rcu: INFO: rcu_sched (self-)?detected stall|watchdog: BUG: soft lockup`)
+
+func TestCrashRe(t *testing.T) {
+	for _, tt := range []struct {
+		line  string
+		crash bool
+	}{
+		{"[    9.543777] BUG: ENTRY_TRAMPOLINE stack guard page was hit at 00000000d4154f00", true},
+		{"[   28.930876] rcu: INFO: rcu_sched detected stalls on CPUs/tasks:", true},
+		{"[   28.775883] rcu: INFO: rcu_sched self-detected stall on CPU", true},
+		{"[   22.000000] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [nc:36]", true},
+		{"[    0.000000] Kernel panic - not syncing: VFS: Unable to mount root fs", true},
+		{"[    0.390000] Last level dTLB entries: 4KB 512, 2MB 0, 4MB 0, 1GB 0", false},
+		{"GOVMD-STEP tcp-rx status=0", false},
+	} {
+		if got := crashRe.MatchString(tt.line); got != tt.crash {
+			t.Errorf("crashRe.MatchString(%q) = %v, want %v", tt.line, got, tt.crash)
+		}
+	}
+}
 
 // crashLine returns the first console line that shows the guest kernel
 // failed, or "".
