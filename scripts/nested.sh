@@ -199,11 +199,9 @@ rerun_pattern() {
 		fi
 	done
 	[ -n "$tops" ] || return 0
-	if [ -n "$subs" ]; then
-		echo "^($(echo "$tops" | paste -sd'|'))\$/^($subs)\$"
-	else
-		echo "^($(echo "$tops" | paste -sd'|'))\$"
-	fi
+	local pat="^($(echo "$tops" | paste -sd'|'))\$"
+	[ -z "$subs" ] || pat="$pat/^($subs)\$"
+	echo "$pat"
 }
 
 try=1
