@@ -86,14 +86,6 @@ func (c *Config) Validate() error {
 	if c.Kernel == "" {
 		return configErr("--kernel is required")
 	}
-	if err := readable(c.Kernel, "kernel"); err != nil {
-		return err
-	}
-	if c.Initrd != "" {
-		if err := readable(c.Initrd, "initrd"); err != nil {
-			return err
-		}
-	}
 	if c.Memory == 0 {
 		c.Memory = 512 << 20
 	}
@@ -102,6 +94,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Memory%(1<<20) != 0 {
 		return configErr("memory %d bytes is not a whole number of MiB", c.Memory)
+	}
+	if _, err := imageSize(c.Kernel, "kernel", c.loadLimit()); err != nil {
+		return err
+	}
+	if c.Initrd != "" {
+		if _, err := imageSize(c.Initrd, "initrd", c.loadLimit()); err != nil {
+			return err
+		}
 	}
 	if c.CPUs == 0 {
 		c.CPUs = 1
@@ -149,6 +149,71 @@ func (c *Config) Validate() error {
 		c.Console = io.Discard
 	}
 	return nil
+}
+
+// maxImage caps the size of a kernel or an initrd: both are loaded below
+// 4 GiB (the boot protocols' initrd_addr_max and PVH's 32-bit module
+// addresses).
+const maxImage = 4 << 30
+
+// loadLimit is the largest kernel or initrd that can fit in the guest's
+// memory.
+func (c *Config) loadLimit() int64 { return int64(min(c.Memory, maxImage)) }
+
+// imageSize checks that path is a regular file (not a device, FIFO or
+// directory, which could be read without end) of at most limit bytes, and
+// returns its size.
+func imageSize(path, what string, limit int64) (int64, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0, configErr("%s %s: %v", what, path, unwrapPathErr(err))
+	}
+	if !st.Mode().IsRegular() {
+		return 0, configErr("%s %s is not a regular file (%s)", what, path, fileKind(st.Mode()))
+	}
+	if st.Size() > limit {
+		return 0, configErr("%s %s is %s, larger than the %s it could be loaded into", what, path,
+			FormatSize(uint64(st.Size())), FormatSize(uint64(limit)))
+	}
+	return st.Size(), nil
+}
+
+// readImage reads a kernel or an initrd that imageSize accepts, reading at
+// most limit bytes whatever the file does meanwhile.
+func readImage(path, what string, limit int64) ([]byte, error) {
+	if _, err := imageSize(path, what, limit); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, configErr("%s %s: %v", what, path, unwrapPathErr(err))
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, configErr("%s %s: %v", what, path, unwrapPathErr(err))
+	}
+	if int64(len(b)) > limit {
+		return nil, configErr("%s %s grew past %s while being read", what, path, FormatSize(uint64(limit)))
+	}
+	return b, nil
+}
+
+// fileKind names the type of a file that is not a regular file.
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeCharDevice != 0:
+		return "a character device"
+	case m&os.ModeDevice != 0:
+		return "a block device"
+	case m&os.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	}
+	return m.Type().String()
 }
 
 func readable(path, what string) error {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"sync"
 	"sync/atomic"
 
@@ -103,17 +102,17 @@ func New(cfg Config) (_ *VM, err error) {
 	v.log.Debug("cpu profile", "pvm", prof.pvm, "bare", prof.bare, "why", why)
 
 	// 1. Everything that can be wrong with the user's files, before KVM.
-	kernel, err := os.ReadFile(cfg.Kernel)
+	kernel, err := readImage(cfg.Kernel, "kernel", cfg.loadLimit())
 	if err != nil {
-		return nil, configErr("kernel %s: %v", cfg.Kernel, unwrapPathErr(err))
+		return nil, err
 	}
 	if _, err := boot.Detect(kernel); err != nil {
 		return nil, configErr("kernel %s: %v", cfg.Kernel, err)
 	}
 	var initrd []byte
 	if cfg.Initrd != "" {
-		if initrd, err = os.ReadFile(cfg.Initrd); err != nil {
-			return nil, configErr("initrd %s: %v", cfg.Initrd, unwrapPathErr(err))
+		if initrd, err = readImage(cfg.Initrd, "initrd", cfg.loadLimit()); err != nil {
+			return nil, err
 		}
 	}
 	ram := ramRanges(cfg.Memory)

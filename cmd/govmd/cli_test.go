@@ -37,6 +37,12 @@ func TestBadInput(t *testing.T) {
 		{"truncated bzImage", []string{"run", "--kernel", short}, "truncated"},
 		{"missing kernel", []string{"run", "--kernel", filepath.Join(dir, "nope")}, "no such file"},
 		{"initrd larger than memory", []string{"run", "--kernel", kernel, "--initrd", big, "--memory", "32M"}, "initrd"},
+		{"kernel larger than memory", []string{"run", "--kernel", big, "--memory", "32M"}, "larger than the 32M"},
+		// A device would be read without end (2.8 GB in 4 s before the
+		// size check): refused before any byte is read.
+		{"kernel /dev/zero", []string{"run", "--kernel", "/dev/zero"}, "not a regular file (a character device)"},
+		{"initrd /dev/zero", []string{"run", "--kernel", kernel, "--initrd", "/dev/zero"}, "initrd /dev/zero is not a regular file"},
+		{"kernel directory", []string{"run", "--kernel", dir}, "not a regular file (a directory)"},
 		{"memory 0", []string{"run", "--kernel", kernel, "--memory", "0"}, "--memory must be greater than 0"},
 		{"memory garbage", []string{"run", "--kernel", kernel, "--memory", "lots"}, "not a number"},
 		{"cpus 0", []string{"run", "--kernel", kernel, "--cpus", "0"}, "--cpus must be at least 1"},
