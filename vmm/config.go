@@ -38,6 +38,12 @@ type Config struct {
 	// bit and no KVM paravirtual leaves: for KVM nested on QEMU TCG).
 	CPUProfile string
 
+	// GuestProfile, if set, is a file to which Run writes where the
+	// vCPUs spent their time: each vCPU's RIP is sampled every 10 ms
+	// (one extra exit each), counted per kernel function when the kernel
+	// is an ELF vmlinux with symbols.
+	GuestProfile string
+
 	Log *slog.Logger
 }
 

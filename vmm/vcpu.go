@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/govmd/govmd/boot"
 	"github.com/govmd/govmd/kvm"
@@ -21,6 +22,9 @@ type vcpuThread struct {
 	id  int
 	cpu *kvm.VCPU
 	tid atomic.Int64 // 0 until the thread runs
+	// sample asks the thread to record its RIP at its next exit (the
+	// guest profile's sampler sets it, then kicks).
+	sample atomic.Bool
 }
 
 // exitStats counts vCPU exits by reason and the instructions govmd carried
@@ -101,6 +105,17 @@ func (v *VM) Run(ctx context.Context) (Result, error) {
 		v.end(ExitFailed, setupErr)
 	}
 	close(start)
+	if v.cfg.GuestProfile != "" {
+		v.sampler = newRIPSampler(10 * time.Millisecond)
+		samplerDone := make(chan struct{})
+		go v.sampler.run(v, samplerDone)
+		defer func() {
+			close(samplerDone)
+			if err := v.writeGuestProfile(); err != nil {
+				v.log.Error("writing the guest profile failed", "err", err)
+			}
+		}()
+	}
 
 	select {
 	case <-v.endCh:
@@ -233,6 +248,11 @@ func (v *VM) loop(t *vcpuThread) error {
 		case kvm.ExitIntr:
 			if err := cpu.SetImmediateExit(false); err != nil {
 				return err
+			}
+			if v.sampler != nil && t.sample.Swap(false) {
+				if regs, err := cpu.GetRegs(); err == nil {
+					v.sampler.add(regs.RIP)
+				}
 			}
 		case kvm.ExitIO:
 			io, err := exit.IO()

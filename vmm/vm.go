@@ -78,6 +78,7 @@ type VM struct {
 	cpusMu   sync.Mutex
 	cpus     []*vcpuThread
 	stats    exitStats
+	sampler  *ripSampler // nil unless cfg.GuestProfile is set
 	closedMu sync.Mutex
 	closed   bool
 }
