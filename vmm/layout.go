@@ -9,6 +9,7 @@ import (
 // Guest physical address map:
 //
 //	0x00000000-0xbfffffff  RAM (up to 3 GiB)
+//	0x0009fc00-            MP table (boot.MPTableAddr, reserved in the e820 map)
 //	0x000e0000-0x000fffff  ACPI tables (inside the reserved BIOS area)
 //	0xc0000000-0xfebfffff  PCI 32-bit MMIO window (BARs)
 //	0xfec00000             IOAPIC (in-kernel)
@@ -21,6 +22,7 @@ import (
 // configuration with the reset register 0xcf9, 0xc000-0xffff PCI I/O BARs.
 const (
 	pciHoleStart    = 0xc0000000
+	lapicAddr       = 0xfee00000
 	fourGiB         = 1 << 32
 	mem32Base       = pciHoleStart
 	mem32End        = acpi.DefaultIOAPICAddr

@@ -131,6 +131,13 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := v.mem.WriteAt(tables, acpiBase); err != nil {
 		return nil, fmt.Errorf("ACPI tables: %w", err)
 	}
+	mp, err := boot.MPTable(v.mpConfig(), boot.MPTableAddr)
+	if err != nil {
+		return nil, fmt.Errorf("MP table: %w", err)
+	}
+	if err := v.mem.WriteAt(mp, boot.MPTableAddr); err != nil {
+		return nil, fmt.Errorf("MP table: %w", err)
+	}
 	loaded, err := boot.Load(v.mem, boot.Config{
 		Kernel: kernel, Initrd: initrd, Cmdline: cfg.Cmdline, RAM: ram, RSDP: rsdp,
 	})
@@ -204,6 +211,18 @@ func (v *VM) acpiConfig() acpi.Config {
 		},
 		MaxSize: acpiMaxSize,
 	}
+}
+
+// mpConfig describes the platform for the MP table, as acpiConfig does for
+// the MADT and the _PRT.
+func (v *VM) mpConfig() boot.MPConfig {
+	c := boot.MPConfig{CPUs: v.cfg.CPUs, LAPICAddr: lapicAddr, IOAPICAddr: acpi.DefaultIOAPICAddr, SCI: irqSCI}
+	for _, r := range pci.Routes() {
+		if r.Slot <= maxDevices {
+			c.PCI = append(c.PCI, boot.MPRoute{Slot: r.Slot, Pin: int(r.Pin), IOAPICPin: int(r.GSI)})
+		}
+	}
+	return c
 }
 
 // setupVM gives the VM its memory, irqchip and PIT.
