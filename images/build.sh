@@ -163,21 +163,23 @@ build_linux() {
 build linux "$LINUX_KEY" build_linux
 
 BB_DEB=$(download $BB_PKG "$BB_VER")
-# ethtool for the agent's receive-offload steps, with its libraries.
-EXTRA_DEBS=() EXTRA_VERS=()
-for p in ethtool:i386 libmnl0:i386 libc6:i386; do
-	v=$(candidate $p)
-	[ -n "$v" ] || { apt_update; v=$(candidate $p); }
-	[ -n "$v" ] || die "no candidate for $p"
-	EXTRA_DEBS+=("$(download $p "$v")")
-	EXTRA_VERS+=("$p $v")
-done
-INITRD_KEY=$(key "$IMAGES"/rootfs.sh "$IMAGES"/agent/init "$IMAGES"/tools/blkbench.c $MKINITRD_SRC -- "$TOOLS" "$BB_PKG $BB_VER" "${EXTRA_VERS[*]}" "$GOVER" "$UROOT" "epoch $SOURCE_DATE_EPOCH")
+# The agent's two small tools (images/tools: ethfeat, blkbench) are static
+# i386 programs built with the kernel's own nolibc from the same tarball,
+# so the initramfs carries no libc: every byte of it costs unpacking time
+# on every boot under PVM.
+TOOLS_SRC=$(find "$IMAGES/tools" -name '*.c' | sort)
+INITRD_KEY=$(key "$IMAGES"/rootfs.sh "$IMAGES"/agent/init $TOOLS_SRC $MKINITRD_SRC -- "$TOOLS" "$LINUX_SOURCE $LSRC_VER" "$BB_PKG $BB_VER" "$GOVER" "$UROOT" "epoch $SOURCE_DATE_EPOCH")
 build_initrd() {
-	"$IMAGES/rootfs.sh" "$WORK/stage" "$BB_DEB" "${EXTRA_DEBS[@]}"
-	# The agent's block I/O load (blk-bench): i386, integer only, linked
-	# against the libc that ethtool brought.
-	gcc -m32 -O2 -s -mgeneral-regs-only -Wall -Werror -o "$WORK/stage/bin/blkbench" "$IMAGES/tools/blkbench.c"
+	"$IMAGES/rootfs.sh" "$WORK/stage" "$BB_DEB"
+	rm -rf "$WORK/nolibc"
+	mkdir -p "$WORK/nolibc"
+	tar -xJf "$TARBALL" -C "$WORK/nolibc" --strip-components=3 --wildcards '*/tools/include/nolibc/*'
+	for src in $TOOLS_SRC; do
+		gcc -m32 -Os -s -static -nostdlib -fno-stack-protector -fno-asynchronous-unwind-tables \
+			-mgeneral-regs-only -Wall -Werror -I "$WORK/nolibc/nolibc" -include nolibc.h \
+			-o "$WORK/stage/bin/$(basename "$src" .c)" "$src" -lgcc
+	done
+	rm -rf "$WORK/nolibc"
 	"$MKINITRD" -root "$WORK/stage" -o "$1/initrd.cpio" -gz "$1/initrd.cpio.gz" \
 		-dev /dev/console:c:5:1:0600 -pattern /pattern:65511
 	rm -rf "$WORK/stage"
@@ -249,7 +251,7 @@ echo "govmd test images ($(($(date +%s) - t0))s; built: ${built[*]:-nothing, all
 printf '  %-28s %6s  %s\n' \
 	linux/vmlinux "$(size "$OUT/linux/vmlinux")" "$(cat "$OUT/linux/version" | cut -d' ' -f1-3) + govmd patches, PVH ELF" \
 	linux/bzImage "$(size "$OUT/linux/bzImage")" "same kernel, LZ4 bzImage (build $(cat "$L/build-seconds")s)" \
-	initrd.cpio.gz "$(size "$OUT/initrd.cpio.gz")" "busybox $BB_VER (i386) + agent, stored gzip" \
+	initrd.cpio "$(size "$OUT/initrd.cpio")" "busybox $BB_VER (i386) + agent + gping, ethfeat, blkbench (nolibc)" \
 	debian/vmlinux "$(size "$OUT/debian/vmlinux")" "$DEB_KPKG $DEB_KVER" \
 	debian/initrd.cpio.gz "$(size "$OUT/debian/initrd.cpio.gz")" "+ $(wc -l < "$OUT/debian/modules.load-order") virtio modules"
 echo "  out: $OUT  cache: $CACHE"

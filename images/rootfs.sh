@@ -1,18 +1,14 @@
 #!/bin/bash
-# rootfs.sh STAGE BUSYBOX_DEB [ETHTOOL_DEB LIBMNL_DEB LIBC_DEB]
+# rootfs.sh STAGE BUSYBOX_DEB
 #
 # Fills the directory STAGE with the test userspace: the static i386
 # busybox from BUSYBOX_DEB (Debian's busybox-static:i386) with /bin/sh
 # linked to it, /etc/fstab for the agent's `mount -a`, and the agent as
-# /init. With the three more .debs (ethtool:i386, libmnl0:i386,
-# libc6:i386) it adds /sbin/ethtool with the two libraries and the
-# dynamic loader it needs: the agent uses it to change the NIC's receive
-# offloads at run time (busybox has no ethtool). Device nodes
-# (/dev/console) and /pattern are added by mkinitrd. Called by
+# /init. Device nodes (/dev/console) and /pattern are added by mkinitrd;
+# images/build.sh adds the agent's tools to /bin. Called by
 # images/build.sh.
 set -euo pipefail
 stage=$1 deb=$2
-shift 2
 here=$(cd "$(dirname "$0")" && pwd)
 
 x=$(mktemp -d)
@@ -43,19 +39,3 @@ printf 'root:x:0:0:root:/root:/bin/sh\n' > "$stage/etc/passwd"
 printf 'root:x:0:\n' > "$stage/etc/group"
 install -m 755 "$here/agent/init" "$stage/init"
 
-if [ $# -eq 3 ]; then
-	e=$(mktemp -d)
-	for d in "$@"; do dpkg-deb -x "$d" "$e"; done
-	mkdir -p "$stage/sbin" "$stage/lib/i386-linux-gnu"
-	install -m 755 "$e/usr/sbin/ethtool" "$stage/sbin/ethtool" 2>/dev/null ||
-		install -m 755 "$e/sbin/ethtool" "$stage/sbin/ethtool"
-	# The loader (PT_INTERP /lib/ld-linux.so.2) and the libraries, with
-	# symlinks resolved.
-	for l in ld-linux.so.2 libc.so.6 libm.so.6 libmnl.so.0; do
-		f=$(find "$e" -name "$l" | head -1)
-		[ -n "$f" ] || { echo "rootfs: $l not found in $*" >&2; exit 1; }
-		install -m 755 "$(readlink -f "$f")" "$stage/lib/i386-linux-gnu/$l"
-	done
-	ln -sf i386-linux-gnu/ld-linux.so.2 "$stage/lib/ld-linux.so.2"
-	rm -rf "$e"
-fi
