@@ -29,13 +29,14 @@ test: lint unit kvmtest
 lint:
 	scripts/lint.sh
 
-# Unit, harness (real taps in test namespaces), KVM and e2e-subset tests.
-# The fuzz targets' seed corpora run as ordinary tests.
+# Unit and harness tests (real taps in test namespaces) with -race; the fuzz
+# targets' seed corpora run as ordinary tests. With a usable /dev/kvm the
+# KVM packages are left to kvmtest, so that each KVM test runs once.
 unit:
-	$(GO) test -race -count=1 -timeout 60m ./...
+	scripts/unit.sh
 
 # The tests that need KVM, with GOVMD_E2E_REQUIRE=1 (no skipping): natively
-# with a usable /dev/kvm, else inside nested KVM on QEMU TCG.
+# (with -race) with a usable /dev/kvm, else inside nested KVM on QEMU TCG.
 kvmtest:
 	scripts/kvmtests.sh
 

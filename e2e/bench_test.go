@@ -26,7 +26,7 @@ import (
 func BenchmarkBootReady(b *testing.B) {
 	requireKVM(b)
 	vmlinux := image(b, "linux/vmlinux")
-	initrd := image(b, "initrd.cpio.gz")
+	initrd := image(b, "initrd.cpio")
 	line := cmdline(b, "govmd.test=ready")
 	vmms := map[string][]string{
 		"govmd": {govmd(b), "run", "--kernel", vmlinux, "--initrd", initrd, "--cmdline", line,
@@ -102,17 +102,11 @@ func qbootROM() string {
 
 var readyRe = regexp.MustCompile(`GOVMD-READY uptime=([0-9.]+)`)
 
-// benchBootTimeout bounds one benchmark boot; a boot that takes longer
-// counts as hung and is left out of the medians (and reported).
-const benchBootTimeout = 2 * time.Minute
-
-// blkBenchTimeout bounds one BenchmarkGuestBlk run (boot and four patterns).
-const blkBenchTimeout = 3 * benchBootTimeout
-
-// benchSilence is how long a benchmark guest may print nothing before its
-// run counts as hung: a boot prints every few seconds, and blk-bench prints
-// a line per pattern.
-const benchSilence = time.Minute
+// A benchmark boot that takes longer than the profile's Boot, or whose
+// guest prints nothing for its Silence, counts as hung and is left out of
+// the medians (and reported); a BenchmarkGuestBlk run (boot and four
+// patterns) has blkBenchTimeout.
+func blkBenchTimeout() time.Duration { p := profile(); return p.Boot + 4*p.Step }
 
 var errHang = errors.New("the guest did not finish in time")
 
@@ -130,6 +124,8 @@ type guestRun struct {
 	crashed bool   // a console line matched crashRe
 	stderr  string // the VMM's
 	maxRSS  float64
+	vmm     string // argv[0]'s base name
+	lines   int    // console lines read
 }
 
 // runGuest runs argv until it exits, is over limit or its console is
@@ -146,7 +142,7 @@ func runGuest(argv []string, limit time.Duration, line func(now time.Time, s str
 		err = cmd.Start()
 	}
 	if err != nil {
-		return guestRun{exit: err}
+		return guestRun{exit: err, vmm: filepath.Base(argv[0])}
 	}
 	lines := make(chan string, 64)
 	go func() {
@@ -157,8 +153,9 @@ func runGuest(argv []string, limit time.Duration, line func(now time.Time, s str
 			lines <- sc.Text()
 		}
 	}()
-	var r guestRun
-	silence := time.NewTimer(benchSilence)
+	r := guestRun{vmm: filepath.Base(argv[0])}
+	quiet := profile().Silence
+	silence := time.NewTimer(quiet)
 	defer silence.Stop()
 	for done := false; !done; {
 		select {
@@ -168,8 +165,9 @@ func runGuest(argv []string, limit time.Duration, line func(now time.Time, s str
 				break
 			}
 			line(time.Now(), l)
+			r.lines++
 			r.crashed = r.crashed || crashRe.MatchString(l)
-			silence.Reset(benchSilence)
+			silence.Reset(quiet)
 		case <-silence.C:
 			r.hung = true
 			cancel()
@@ -188,6 +186,11 @@ func runGuest(argv []string, limit time.Duration, line func(now time.Time, s str
 // benchmark needs (what): errHang, errCrash or a plain error.
 func (r guestRun) failure(what string) error {
 	switch {
+	case r.lines == 0 && r.exit != nil && !r.hung:
+		// The VMM refused to run (QEMU with a CPU the host's KVM
+		// cannot give, say): one line that says so, not a hang.
+		first, _, _ := strings.Cut(strings.TrimSpace(r.stderr), "\n")
+		return fmt.Errorf("%s did not start a guest (%v): %s", r.vmm, r.exit, first)
 	case r.hung:
 		return fmt.Errorf("%w (%s)", errHang, what)
 	case r.crashed:
@@ -202,7 +205,7 @@ func (r guestRun) failure(what string) error {
 func bootOnce(argv []string) (wall, uptime, rssMiB float64, err error) {
 	start := time.Now()
 	found := false
-	r := runGuest(argv, benchBootTimeout, func(now time.Time, l string) {
+	r := runGuest(argv, profile().Boot, func(now time.Time, l string) {
 		if m := readyRe.FindStringSubmatch(l); m != nil && !found {
 			wall = now.Sub(start).Seconds()
 			fmt.Sscan(m[1], &uptime)
@@ -247,7 +250,7 @@ var blkOps = flag.Int("govmd.blk-ops", 4000, "BenchmarkGuestBlk: 4 KiB requests 
 func BenchmarkGuestBlk(b *testing.B) {
 	requireKVM(b)
 	vmlinux := image(b, "linux/vmlinux")
-	initrd := image(b, "initrd.cpio.gz")
+	initrd := image(b, "initrd.cpio")
 	if *blkOps <= 0 {
 		b.Fatalf("-govmd.blk-ops=%d: want at least one request", *blkOps)
 	}
@@ -302,7 +305,7 @@ func blkBenchOnce(argv []string) (host, guest map[string]float64, err error) {
 	host, guest = map[string]float64{}, map[string]float64{}
 	begin := map[string]time.Time{}
 	opsOf := map[string]float64{}
-	r := runGuest(argv, blkBenchTimeout, func(now time.Time, l string) {
+	r := runGuest(argv, blkBenchTimeout(), func(now time.Time, l string) {
 		if m := blkbenchRe.FindStringSubmatch(l); m != nil {
 			var n, us float64
 			fmt.Sscan(m[2], &n)
@@ -339,5 +342,19 @@ func eachVMM(b *testing.B, vmms map[string][]string, bench func(b *testing.B, na
 			}
 			bench(b, name, argv)
 		})
+	}
+}
+
+// TestGuestRunDidNotStart checks that a VMM that exits without printing
+// (QEMU refusing a CPU model, say) is one clear error, not a hang.
+func TestGuestRunDidNotStart(t *testing.T) {
+	r := runGuest([]string{"sh", "-c", "echo 'qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69' >&2; exit 1"},
+		time.Minute, func(time.Time, string) {})
+	err := r.failure("no GOVMD-READY")
+	if err == nil || errors.Is(err, errHang) || errors.Is(err, errCrash) {
+		t.Fatalf("failure = %v, want a plain error", err)
+	}
+	if want := "sh did not start a guest (exit status 1): qemu-system-x86_64: error: failed to set MSR 0x10a"; !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("failure = %q, want %q...", err, want)
 	}
 }

@@ -2,15 +2,11 @@ package e2e
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 )
-
-const blkBytes = 1 << 20
 
 // TestDiskGuest boots with two disks on different transports: vda
 // (modern, read-write) gets the test stream written and synced by the
@@ -20,6 +16,8 @@ const blkBytes = 1 << 20
 // request queues (multiqueue) and vdb one (queues=1).
 func TestDiskGuest(t *testing.T) {
 	requireKVM(t)
+	p := logProfile(t)
+	blkBytes := p.BlkBytes
 	dir := t.TempDir()
 	rw := filepath.Join(dir, "rw.img")
 	ro := filepath.Join(dir, "ro.img")
@@ -33,14 +31,14 @@ func TestDiskGuest(t *testing.T) {
 	if err := os.WriteFile(ro, roData, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	extra := "govmd.test=ready,virtio,blk-id,blk-write,blk-read,blk-ro govmd.blk.bytes=1048576 " +
-		"govmd.blk.write.dev=vda govmd.blk.read.dev=vdb govmd.blk.ro.dev=vdb govmd.blk.id.dev=vda"
-	g := Start(t, "run", "--kernel", image(t, "linux/vmlinux"), "--initrd", image(t, "initrd.cpio.gz"),
+	extra := fmt.Sprintf("govmd.test=ready,virtio,blk-id,blk-write,blk-read,blk-ro govmd.blk.bytes=%d govmd.hash=%s "+
+		"govmd.blk.write.dev=vda govmd.blk.read.dev=vdb govmd.blk.ro.dev=vdb govmd.blk.id.dev=vda", blkBytes, p.Hash)
+	g := Start(t, "run", "--kernel", image(t, "linux/vmlinux"), "--initrd", image(t, "initrd.cpio"),
 		"--cmdline", cmdline(t, extra), "--memory", "256M", "--cpus", "2",
 		"--disk", rw+",serial=govmd-rw,transport=modern",
 		"--disk", ro+",ro,transport=legacy,queues=1")
-	g.Expect(`GOVMD-DONE status=`, bootTimeout+5*time.Minute)
-	st := g.Wait(time.Minute)
+	g.Expect(`GOVMD-DONE status=`, p.Boot+4*p.Step)
+	st := g.Wait(p.Step)
 	res := g.Results()
 	if res["blk.id.serial"] != "govmd-rw" {
 		t.Errorf("serial %q, want govmd-rw", res["blk.id.serial"])
@@ -57,11 +55,10 @@ func TestDiskGuest(t *testing.T) {
 		t.Error("the image does not hold what the guest wrote")
 	}
 	if !bytes.Equal(img[blkBytes:], make([]byte, len(img)-blkBytes)) {
-		t.Error("the guest's write spilled beyond 1 MiB")
+		t.Errorf("the guest's write spilled beyond %d bytes", blkBytes)
 	}
-	sum := sha256.Sum256(roData[:blkBytes])
-	if res["blk.read.sha256"] != hex.EncodeToString(sum[:]) {
-		t.Errorf("guest read sha256 %s of the host image, want %x", res["blk.read.sha256"], sum)
+	if got, want := res["blk.read."+p.Hash], digest(p.Hash, roData[:blkBytes]); got != want {
+		t.Errorf("guest read %s %s of the host image, want %s", p.Hash, got, want)
 	}
 	if res["blk.ro.write_rejected"] != "1" {
 		t.Errorf("read-only disk: write_rejected=%q", res["blk.ro.write_rejected"])
@@ -84,16 +81,18 @@ func TestDiskGuest(t *testing.T) {
 // that its fsync returned, and checks that the data is in the image.
 func TestDiskDurability(t *testing.T) {
 	requireKVM(t)
+	p := logProfile(t)
+	blkBytes := p.BlkBytes
 	img := filepath.Join(t.TempDir(), "d.img")
 	if err := os.WriteFile(img, make([]byte, 4<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	g := Start(t, "run", "--kernel", image(t, "linux/vmlinux"), "--initrd", image(t, "initrd.cpio.gz"),
-		"--cmdline", cmdline(t, "govmd.test=blk-fsync,sleep govmd.wait=60 govmd.blk.bytes=1048576"), "--memory", "256M",
-		"--disk", img)
-	g.Expect(`GOVMD-RESULT blk.fsync.done=1`, bootTimeout+5*time.Minute)
+	g := Start(t, "run", "--kernel", image(t, "linux/vmlinux"), "--initrd", image(t, "initrd.cpio"),
+		"--cmdline", cmdline(t, fmt.Sprintf("govmd.test=blk-fsync,sleep govmd.wait=60 govmd.blk.bytes=%d", blkBytes)),
+		"--memory", "256M", "--disk", img)
+	g.Expect(`GOVMD-RESULT blk.fsync.done=1`, p.Boot+p.Step)
 	g.Kill()
-	g.Wait(30 * time.Second)
+	g.Wait(p.Step)
 	b, err := os.ReadFile(img)
 	if err != nil {
 		t.Fatal(err)

@@ -196,14 +196,10 @@ func (g *Guest) read(r io.Reader) {
 	g.mu.Unlock()
 }
 
-// stallTimeout is how long a guest may print nothing before Expect gives
-// up: every step of the agent prints within seconds.
-const stallTimeout = 2 * time.Minute
-
 // Expect waits until a console line matches re and returns its submatches.
 // It fails the test when timeout passes, govmd exits, or the console stays
-// silent for stallTimeout (reported as "guest console stalled", which
-// scripts/nested.sh recognises).
+// silent for the profile's Silence (reported as "guest console stalled",
+// which scripts/nested.sh recognises).
 func (g *Guest) Expect(re string, timeout time.Duration) []string {
 	g.t.Helper()
 	m, stalled, ok := g.expect(regexp.MustCompile(re), timeout)
@@ -218,7 +214,9 @@ func (g *Guest) Expect(re string, timeout time.Duration) []string {
 			last = g.lines[len(g.lines)-1]
 		}
 		g.mu.Unlock()
-		g.t.Fatalf("guest console stalled: no output for %v while waiting for %q (last line %q)", stallTimeout, re, last)
+		g.t.Fatalf("guest console stalled: no output for %v while waiting for %q (last line %q)", profile().Silence, re, last)
+	case !ok && g.exited():
+		g.t.Fatalf("the VMM exited while waiting for %q; stderr:\n%s", re, g.Stderr())
 	case !ok:
 		g.t.Fatalf("no console line matching %q within %v", re, timeout)
 	}
@@ -294,7 +292,7 @@ func (g *Guest) expect(rx *regexp.Regexp, timeout time.Duration) (m []string, st
 		if g.done || time.Now().After(deadline) {
 			return nil, false, false
 		}
-		if time.Since(g.lastLine) > stallTimeout {
+		if time.Since(g.lastLine) > profile().Silence {
 			return nil, true, false
 		}
 		g.cond.Wait()
@@ -356,6 +354,13 @@ func (g *Guest) Wait(timeout time.Duration) int {
 		return ee.ExitCode()
 	}
 	return -1
+}
+
+// exited reports whether the VMM process has exited.
+func (g *Guest) exited() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.done
 }
 
 // Stderr returns what govmd wrote to stderr so far.

@@ -23,14 +23,9 @@ const (
 	guestIP = "10.77.0.2"
 	tapName = "gvtap0"
 	rxPort  = 5001 // the guest listens (tcp-rx)
-	// tcpBytesCI is the transfer of the CI subset: in nested KVM on QEMU
-	// TCG the guests lose an interrupt now and then under load (see
-	// docs/pvm.md), and the chance grows with the traffic. The full matrix
-	// moves tcpBytes each way.
-	tcpBytesCI = 1 << 20
-	txPort     = 5002 // the host listens (tcp-tx)
-	waitPort   = 5003 // the guest waits for the host (wait-host)
-	tcpBytes   = 4 << 20
+	txPort  = 5002 // the host listens (tcp-tx)
+	// waitPort is where the guest waits for the host (wait-host).
+	waitPort = 5003
 )
 
 // Feature bits as the guest prints them (/sys/bus/virtio/devices/*/features:
@@ -55,10 +50,6 @@ func pattern(n int) []byte {
 	}
 	return b
 }
-
-// netStallTimeout is how long a TCP transfer into the guest may make no
-// progress before the test calls the guest's network stalled.
-const netStallTimeout = time.Minute
 
 // writeProgressing writes data in 64 KiB pieces, each within stall: a
 // guest that stops taking data fails the write in about stall, however
@@ -105,9 +96,10 @@ var netCases = []netCase{
 // TestNetGuest boots the test kernel with a virtio-net NIC on a tap in a
 // fresh network namespace and checks, in one boot: the features the guest
 // negotiated, that the tap's offloads are exactly what the guest accepts,
-// ping both ways, a TCP transfer each way with matching sha256, and (for
-// offloadsOff) that the tap follows when the guest turns its receive
-// offloads off through the control queue.
+// ping both ways, a TCP transfer each way with matching digests (sizes and
+// the guest's digest from the host profile), and (for offloadsOff) that
+// the tap follows when the guest turns its receive offloads off through
+// the control queue.
 func TestNetGuest(t *testing.T) {
 	for _, c := range netCases {
 		t.Run(c.name, func(t *testing.T) {
@@ -122,6 +114,7 @@ func TestNetGuest(t *testing.T) {
 func runNetCase(t *testing.T, c netCase) {
 	harness.RequireNetAdmin(t)
 	requireKVM(t)
+	p := logProfile(t)
 	ns, err := harness.NewNS()
 	if err != nil {
 		t.Fatal(err)
@@ -177,20 +170,20 @@ func runNetCase(t *testing.T, c netCase) {
 		txDone <- fmt.Sprintf("%d %x", n, h.Sum(nil))
 	}()
 
-	size := tcpBytes
-	if !full() {
-		size = tcpBytesCI
+	size := p.TCPBytes
+	if full() {
+		size = p.TCPBytesFull
 	}
 	steps := "ready,virtio,net,ping,tcp-rx,tcp-tx"
 	if c.offloadsOff {
 		steps += ",offloads-off,wait-host,offloads-on,wait-host"
 	}
-	extra := fmt.Sprintf("govmd.test=%s govmd.ip=%s/24 govmd.peer=%s govmd.tcp.port=%d govmd.tcp.txport=%d govmd.tcp.bytes=%d govmd.wait.port=%d",
-		steps, guestIP, hostIP, rxPort, txPort, size, waitPort)
+	extra := fmt.Sprintf("govmd.test=%s govmd.ip=%s/24 govmd.peer=%s govmd.tcp.port=%d govmd.tcp.txport=%d govmd.tcp.bytes=%d govmd.wait.port=%d govmd.hash=%s",
+		steps, guestIP, hostIP, rxPort, txPort, size, waitPort, p.Hash)
 	if c.forceLegacy {
 		extra += " virtio_pci.force_legacy=1"
 	}
-	args := []string{"run", "--kernel", image(t, "linux/vmlinux"), "--initrd", image(t, "initrd.cpio.gz"),
+	args := []string{"run", "--kernel", image(t, "linux/vmlinux"), "--initrd", image(t, "initrd.cpio"),
 		"--cmdline", cmdline(t, extra), "--cpus", "2", "--memory", "256M", "--log-level", "debug",
 		"--net", fmt.Sprintf("tap=%s,transport=%s,offload=%s", tapName, c.transport, c.offload)}
 	qemu := os.Getenv("GOVMD_E2E_VMM") == "qemu"
@@ -201,7 +194,7 @@ func runNetCase(t *testing.T, c netCase) {
 	}
 	g := StartIn(t, ns.Name, args...)
 
-	g.Expect(`GOVMD-NET-UP`, bootTimeout)
+	g.Expect(`GOVMD-NET-UP`, p.Boot)
 	feat := g.Results()["net.features"]
 	t.Logf("guest features %s", feat)
 	bit := func(i int) bool { return len(feat) > i && feat[i] == '1' }
@@ -227,7 +220,7 @@ func runNetCase(t *testing.T, c netCase) {
 		t.Errorf("host ping of the guest: %v\n%s", err, out)
 	}
 	// Host -> guest TCP.
-	g.Expect(`GOVMD-TCP-LISTENING port=`, 2*time.Minute)
+	g.Expect(`GOVMD-TCP-LISTENING port=`, p.Step)
 	data := pattern(size)
 	if err := ns.Do(func() error {
 		conn, err := net.DialTimeout("tcp4", fmt.Sprintf("%s:%d", guestIP, rxPort), 30*time.Second)
@@ -235,7 +228,7 @@ func runNetCase(t *testing.T, c netCase) {
 			return err
 		}
 		defer conn.Close()
-		return writeProgressing(conn, data, netStallTimeout)
+		return writeProgressing(conn, data, p.NetStall)
 	}); err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			// The guest stopped taking data for a minute: what the
@@ -245,14 +238,14 @@ func runNetCase(t *testing.T, c netCase) {
 		}
 		t.Fatalf("sending to the guest: %v", err)
 	}
-	g.Expect(`GOVMD-STEP tcp-rx status=`, 5*time.Minute)
-	g.Expect(`GOVMD-STEP tcp-tx status=`, 5*time.Minute)
+	g.Expect(`GOVMD-STEP tcp-rx status=`, p.Step)
+	g.Expect(`GOVMD-STEP tcp-tx status=`, p.Step)
 	res := g.Results()
 	if res["ping.received"] == "" || res["ping.received"] == "0" {
 		t.Errorf("guest ping of the host: %s of %s received", res["ping.received"], res["ping.transmitted"])
 	}
-	if got := res["tcp.rx.sha256"]; got != hexSHA(data) || res["tcp.rx.bytes"] != fmt.Sprint(size) {
-		t.Errorf("host->guest TCP: guest got %s bytes sha256 %s, sent %d sha256 %s", res["tcp.rx.bytes"], got, size, hexSHA(data))
+	if got, want := res["tcp.rx."+p.Hash], digest(p.Hash, data); got != want || res["tcp.rx.bytes"] != fmt.Sprint(size) {
+		t.Errorf("host->guest TCP: guest got %s bytes %s %s, sent %d %s %s", res["tcp.rx.bytes"], p.Hash, got, size, p.Hash, want)
 	}
 	select {
 	case got := <-txDone:
@@ -262,25 +255,25 @@ func runNetCase(t *testing.T, c netCase) {
 		if res["tcp.tx.sha256"] != hexSHA(data) {
 			t.Errorf("guest reports sending sha256 %s", res["tcp.tx.sha256"])
 		}
-	case <-time.After(time.Minute):
+	case <-time.After(p.Step):
 		t.Error("guest->host TCP: no complete connection")
 	}
 
 	if c.offloadsOff {
 		// With GRO_HW off the guest no longer accepts TSO frames;
 		// checksum offload stays. Then it takes them again.
-		g.Expect(`GOVMD-WAITING port=[0-9]+ n=1`, 2*time.Minute)
+		g.Expect(`GOVMD-WAITING port=[0-9]+ n=1`, p.Step)
 		if res := g.Results(); res["gro_hw"] != "off" {
 			t.Errorf("guest GRO_HW %q after offloads-off", res["gro_hw"])
 		}
 		checkTapOffloads(t, ns, wantCsum, false)
 		release(t, ns)
-		g.Expect(`GOVMD-WAITING port=[0-9]+ n=2`, 2*time.Minute)
+		g.Expect(`GOVMD-WAITING port=[0-9]+ n=2`, p.Step)
 		checkTapOffloads(t, ns, wantCsum, wantTSO)
 		release(t, ns)
 	}
-	g.Expect(`GOVMD-DONE status=0`, 2*time.Minute)
-	if st := g.Wait(time.Minute); st != 0 {
+	g.Expect(`GOVMD-DONE status=0`, p.Step)
+	if st := g.Wait(p.Step); st != 0 {
 		t.Fatalf("govmd exit status %d\n%s", st, g.Stderr())
 	}
 	if !qemu && !strings.Contains(g.Stderr(), "nic stats") {
@@ -345,6 +338,6 @@ func qemuNetArgs(t *testing.T, line string, c netCase) []string {
 	if c.offload == "off" {
 		dev += ",csum=off,guest_csum=off"
 	}
-	return append(qemuArgs(image(t, "linux/vmlinux"), image(t, "initrd.cpio.gz"), line),
+	return append(qemuArgs(image(t, "linux/vmlinux"), image(t, "initrd.cpio"), line),
 		"-netdev", "tap,id=n0,ifname="+tapName+",script=no,downscript=no,vhost=off", "-device", dev)
 }

@@ -205,6 +205,7 @@ manifest() {
 	linux $LINUX_KEY $LINUX_SOURCE $LSRC_VER
 	initrd $INITRD_KEY $BB_PKG $BB_VER
 	debian $DEBIAN_KEY $DEB_KPKG $DEB_KVER
+	cmdline $(cat "$IMAGES/cmdline" "$IMAGES/cmdline-pvm" | sha256sum | cut -c1-16)
 	EOF
 }
 if [ -f "$OUT/MANIFEST" ] && [ "$(manifest)" = "$(cat "$OUT/MANIFEST")" ] &&
@@ -218,12 +219,12 @@ else
 	for f in vmlinux bzImage config version; do put "$L/$f" "$tmp/linux/$f"; done
 	for f in initrd.cpio initrd.cpio.gz; do put "$I/$f" "$tmp/$f"; done
 	for f in vmlinuz vmlinux initrd.cpio.gz initrd.cpio modules.load-order version; do put "$D/$f" "$tmp/debian/$f"; done
-	cp "$IMAGES/cmdline" "$tmp/cmdline"
+	cp "$IMAGES/cmdline" "$IMAGES/cmdline-pvm" "$tmp/"
 	manifest > "$tmp/MANIFEST"
 	{
 		sed 's|  |  linux/|' "$L/SHA256SUMS" | grep -v build-seconds
 		grep -v build-seconds "$I/SHA256SUMS"
-		(cd "$IMAGES" && sha256sum cmdline)
+		(cd "$IMAGES" && sha256sum cmdline cmdline-pvm)
 		sed 's|  |  debian/|' "$D/SHA256SUMS" | grep -v build-seconds
 	} > "$tmp/SHA256SUMS"
 	(cd "$tmp" && sha256sum --quiet -c SHA256SUMS) || die "images/out: checksum mismatch"

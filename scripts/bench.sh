@@ -17,8 +17,9 @@
 #   BENCH_KVM_RUNS  boots per VMM and benchmark (default 5)
 #   BENCH_KVM_LOG   where to keep the KVM benchmarks' whole output
 #   BENCH_KVM_BLK_OPS  4 KiB requests per pattern in BenchmarkGuestBlk
-#                   (default 4000; 200 in nested KVM, where each costs ms and
-#                   a longer run is likelier to stall, docs/pvm.md)
+#                   (default 4000; 200 on PVM and in nested KVM, where each
+#                   costs ms and a longer nested run is likelier to stall,
+#                   docs/pvm.md)
 #
 # The KVM section runs the e2e benchmarks BenchmarkBootReady and
 # BenchmarkGuestBlk with a usable /dev/kvm, or else inside nested KVM on
@@ -72,9 +73,14 @@ fi
 if [ "${BENCH_KVM:-1}" != 0 ]; then
 	runs=${BENCH_KVM_RUNS:-5}
 	bench="-test.run=^\$ -test.bench=^(BenchmarkBootReady|BenchmarkGuestBlk)\$ -test.benchtime=${runs}x -test.timeout=80m"
-	if python3 -c 'import os; os.close(os.open("/dev/kvm", os.O_RDWR))' 2> /dev/null; then
-		where="hardware KVM (/dev/kvm of $(uname -n))"
-		bench="$bench -govmd.blk-ops=${BENCH_KVM_BLK_OPS:-4000}"
+	if scripts/kvm-usable; then
+		if [ -d /sys/module/kvm_pvm ]; then
+			where="PVM (kvm_pvm on $(uname -n): every guest instruction is emulated; docs/pvm.md)"
+			bench="$bench -govmd.blk-ops=${BENCH_KVM_BLK_OPS:-200}"
+		else
+			where="hardware KVM (/dev/kvm of $(uname -n))"
+			bench="$bench -govmd.blk-ops=${BENCH_KVM_BLK_OPS:-4000}"
+		fi
 		(cd e2e && go test -c -o "$tmp/e2e.test" . && "$tmp/e2e.test" $bench) | tee "$tmp/kvm.txt"
 	else
 		where="nested KVM on QEMU TCG (no usable /dev/kvm here; docs/pvm.md)"

@@ -127,7 +127,7 @@ for p in "${PKGS[@]}"; do
 	go test -c -trimpath -o "$R/tests/$name.test" "$p"
 done
 cp images/out/linux/vmlinux images/out/linux/bzImage "$R/images/linux/"
-cp images/out/initrd.cpio.gz images/out/cmdline "$R/images/"
+cp images/out/initrd.cpio images/out/cmdline images/out/cmdline-pvm "$R/images/"
 # The stock Debian kernel (51 MB) only for the full matrix (TestBootDebian).
 if [ "${GOVMD_E2E:-}" = full ] && [ -d images/out/debian ]; then
 	cp -r images/out/debian "$R/images/"
