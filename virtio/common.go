@@ -50,6 +50,13 @@ type Common struct {
 	kicks   []*eventfd.EventFD // stable for the device's lifetime
 	notices []atomic.Uint64    // used-buffer notifications sent, per queue
 
+	// transition serializes status writes (SetStatus, reset) from
+	// beginning to end, Device.Activate and Device.Reset included, so
+	// that two vCPUs writing the status register at once cannot
+	// interleave a reset with an activation. It is taken before mu and
+	// never by the device's own goroutines.
+	transition sync.Mutex
+
 	mu             sync.Mutex
 	status         uint8
 	legacy         bool // the driver is using the legacy interface
@@ -276,6 +283,8 @@ func (c *Common) ConfigGeneration() uint8 { return uint8(c.generation.Load()) }
 // device; FEATURES_OK is kept only if the acked features are acceptable;
 // DRIVER_OK latches the queue configuration and activates the device.
 func (c *Common) SetStatus(v uint8) {
+	c.transition.Lock()
+	defer c.transition.Unlock()
 	if v == 0 {
 		c.reset()
 		return
@@ -402,13 +411,16 @@ func (c *Common) RingStates() []*RingState {
 	return out
 }
 
+// reset returns the device to its initial state; c.transition must be
+// held, so that no activation can happen between reading c.active and
+// clearing it.
 func (c *Common) reset() {
 	c.mu.Lock()
 	active := c.active
 	c.mu.Unlock()
 	if active {
 		// Not under c.mu: the device's goroutines may call NeedsReset
-		// while they stop.
+		// (which reads the configuration vector) while they stop.
 		c.dev.Reset()
 	}
 	c.mu.Lock()
