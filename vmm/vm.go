@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/govmd/govmd/acpi"
 	"github.com/govmd/govmd/boot"
@@ -15,6 +16,7 @@ import (
 	"github.com/govmd/govmd/devices/reset"
 	"github.com/govmd/govmd/devices/rtc"
 	"github.com/govmd/govmd/devices/serial"
+	"github.com/govmd/govmd/internal/ratelimit"
 	"github.com/govmd/govmd/kvm"
 	"github.com/govmd/govmd/memory"
 	"github.com/govmd/govmd/pci"
@@ -48,6 +50,7 @@ func (r Result) String() string {
 type VM struct {
 	cfg  Config
 	log  *slog.Logger
+	glog *ratelimit.Logger // what a guest can make happen without limit
 	prof guestProfile
 
 	sys    *kvm.System
@@ -92,7 +95,7 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	v := &VM{cfg: cfg, log: cfg.Log, endCh: make(chan struct{})}
+	v := &VM{cfg: cfg, log: cfg.Log, glog: ratelimit.New(cfg.Log, 10*time.Second, 10), endCh: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			v.Close()
@@ -287,7 +290,7 @@ func (v *VM) addPlatform() error {
 				v.end(ExitPowerOff, nil)
 				return
 			}
-			v.log.Info("guest entered an unsupported sleep state; ignoring", "slp_typ", typ)
+			v.glog.Info("guest entered an unsupported sleep state; ignoring", "slp_typ", typ)
 		},
 		SCI: v.irqLine(irqSCI),
 	}

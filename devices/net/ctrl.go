@@ -202,13 +202,13 @@ func (d *Device) execCtrl(acked uint64, stop *atomic.Bool, class, cmd byte, data
 		flags := d.tapFlags.Load()
 		d.offMu.Unlock()
 		if err != nil {
-			d.log.Error("virtio-net: changing tap offloads failed", "err", err)
+			d.hlog.Error("virtio-net: changing tap offloads failed", "err", err)
 			return errCtrlBackend
 		}
 		if d.maxRxFrame(req) > d.maxRxFrame(old) {
 			d.wakeRx(stop)
 		}
-		d.log.Info("virtio-net: driver changed receive offloads", "offloads", FeatureString(req),
+		d.elog.Info("virtio-net: driver changed receive offloads", "offloads", FeatureString(req),
 			"tap_offloads", OffloadString(flags))
 		return nil
 	}

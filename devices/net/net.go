@@ -171,7 +171,10 @@ type Device struct {
 	log      *slog.Logger
 	glog     *ratelimit.Logger // guest mistakes
 	hlog     *ratelimit.Logger // backend errors
-	config   [configSize]byte  // immutable after New
+	// elog carries the driver's events (activation, offload changes):
+	// a guest can cause them without limit, so they are rate-limited.
+	elog   *ratelimit.Logger
+	config [configSize]byte // immutable after New
 
 	stats counters
 
@@ -259,6 +262,7 @@ func New(be Backend, cfg Config) (*Device, error) {
 		log:    log,
 		glog:   ratelimit.New(log, 10*time.Second, 10),
 		hlog:   ratelimit.New(log, 10*time.Second, 10),
+		elog:   ratelimit.New(log, 10*time.Second, 10),
 	}
 	d.features = offeredFeatures(cfg, be.SupportedOffloads())
 	copy(d.config[cfgMAC:], mac[:])
@@ -384,7 +388,7 @@ func (d *Device) Activate(a virtio.Activation) error {
 		return fmt.Errorf("virtio-net: %w", err)
 	}
 	d.acked.Store(a.Features)
-	d.log.Info("virtio-net: driver ready", "features", FeatureString(a.Features),
+	d.elog.Info("virtio-net: driver ready", "features", FeatureString(a.Features),
 		"tap_offloads", OffloadString(d.tapFlags.Load()), "hdr_len", hdrLen)
 
 	d.stop = new(atomic.Bool)
@@ -463,7 +467,7 @@ func (d *Device) resetLocked() {
 	d.stop = nil
 	d.offMu.Lock()
 	if err := d.setGuestOffloadsLocked(0); err != nil {
-		d.log.Error("virtio-net: clearing tap offloads failed", "err", err)
+		d.hlog.Error("virtio-net: clearing tap offloads failed", "err", err)
 	}
 	d.offMu.Unlock()
 	d.acked.Store(0)

@@ -170,7 +170,7 @@ func (w *rxWorker) fill(need int) error {
 			if errors.Is(err, eventfd.ErrCanceled) || w.stop.Load() {
 				return errStopped
 			}
-			d.log.Error("virtio-net: receive notification failed; queue stopped", "err", err)
+			d.hlog.Error("virtio-net: receive notification failed; queue stopped", "err", err)
 			return fmt.Errorf("notification: %w", err)
 		}
 	}

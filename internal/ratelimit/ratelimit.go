@@ -39,6 +39,9 @@ func (l *Logger) Warn(msg string, args ...any) { l.logAt(slog.LevelWarn, msg, ar
 // Info logs at info level, subject to the limit.
 func (l *Logger) Info(msg string, args ...any) { l.logAt(slog.LevelInfo, msg, args...) }
 
+// Error logs at error level, subject to the limit.
+func (l *Logger) Error(msg string, args ...any) { l.logAt(slog.LevelError, msg, args...) }
+
 func (l *Logger) logAt(level slog.Level, msg string, args ...any) {
 	if l == nil {
 		return

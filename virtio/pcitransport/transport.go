@@ -465,7 +465,7 @@ func (t *Transport) BARMapped(bar int, addr uint64, kind pci.BARKind, mapped boo
 		for _, b := range t.bells0 {
 			if b.bar == bar {
 				if err := t.bells.RemoveDoorbell(b.io, b.addr, b.size, b.datamatch, b.fd); err != nil {
-					t.slog.Warn("removing virtio doorbell", "addr", fmt.Sprintf("%#x", b.addr), "err", err)
+					t.log.Warn("removing virtio doorbell", "addr", fmt.Sprintf("%#x", b.addr), "err", err)
 				}
 				continue
 			}
@@ -477,7 +477,7 @@ func (t *Transport) BARMapped(bar int, addr uint64, kind pci.BARKind, mapped boo
 	for _, b := range want {
 		if err := t.bells.AddDoorbell(b.io, b.addr, b.size, b.datamatch, b.fd); err != nil {
 			// Not fatal: the notification then reaches WriteBAR.
-			t.slog.Warn("virtio doorbell not registered; notifications will exit to userspace",
+			t.log.Warn("virtio doorbell not registered; notifications will exit to userspace",
 				"addr", fmt.Sprintf("%#x", b.addr), "err", err)
 			continue
 		}
