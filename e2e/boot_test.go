@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -41,8 +42,16 @@ func TestBootReady(t *testing.T) {
 	p := logProfile(t)
 	for _, kernel := range []string{"linux/bzImage", "linux/vmlinux"} {
 		t.Run(strings.TrimPrefix(kernel, "linux/"), func(t *testing.T) {
-			g := Start(t, "run", "--kernel", image(t, kernel), "--initrd", image(t, "initrd.cpio"),
-				"--cmdline", cmdline(t, "govmd.test=ready"), "--cpus", "2", "--memory", "256M")
+			args := []string{"run", "--kernel", image(t, kernel), "--initrd", image(t, "initrd.cpio"),
+				"--cmdline", cmdline(t, "govmd.test=ready"), "--cpus", "2", "--memory", "256M"}
+			// The ELF kernel has symbols: its boot also checks the
+			// guest profile.
+			prof := filepath.Join(t.TempDir(), "guest-profile")
+			elf := strings.HasSuffix(kernel, "vmlinux")
+			if elf {
+				args = append(args, "--guest-profile", prof)
+			}
+			g := Start(t, args...)
 			m := g.Expect(`GOVMD-READY uptime=([0-9.]+) cpus=([0-9]+)`, p.Boot)
 			if m[2] != "2" {
 				t.Errorf("guest saw %s CPUs, want 2", m[2])
@@ -78,6 +87,9 @@ func TestBootReady(t *testing.T) {
 			// leaves it off the IOAPIC on purpose (docs/pvm.md).
 			if !bare && consoleHas(g, "8254 timer not connected to IO-APIC") {
 				t.Errorf("the guest did not find the PIT on IOAPIC pin 2")
+			}
+			if elf {
+				checkGuestProfile(t, prof)
 			}
 			t.Logf("GOVMD-READY at guest uptime %ss, %.1fs wall", m[1], time.Since(g.start).Seconds())
 		})
@@ -120,6 +132,31 @@ func TestBootDebian(t *testing.T) {
 		t.Fatalf("govmd exit status %d\n%s", st, g.Stderr())
 	}
 	t.Logf("Debian kernel: GOVMD-READY at guest uptime %ss, %.1fs wall", m[1], time.Since(g.start).Seconds())
+}
+
+// checkGuestProfile checks a --guest-profile file: a header with the
+// sample count, and samples attributed to the kernel's functions.
+func checkGuestProfile(t *testing.T, path string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Errorf("guest profile: %v", err)
+		return
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	var samples int
+	if _, err := fmt.Sscanf(lines[0], "# govmd guest profile: %d samples", &samples); err != nil || samples == 0 {
+		t.Errorf("guest profile header %q", lines[0])
+	}
+	named := 0
+	for _, l := range lines[1:] {
+		if f := strings.Fields(l); len(f) == 3 && !strings.HasPrefix(f[2], "0x") {
+			named++
+		}
+	}
+	if named == 0 {
+		t.Errorf("guest profile names no kernel function:\n%s", b)
+	}
 }
 
 // writeImage creates a zeroed raw disk image of size bytes.

@@ -57,7 +57,10 @@ func (s *ripSampler) run(v *VM, done <-chan struct{}) {
 // address when the kernel has no symbol table), most samples first:
 // "samples percent symbol".
 func (s *ripSampler) write(w io.Writer, kernel string) error {
-	syms := kernelSymbols(kernel)
+	return s.writeSyms(w, kernelSymbols(kernel))
+}
+
+func (s *ripSampler) writeSyms(w io.Writer, syms symtab) error {
 	s.mu.Lock()
 	byName := map[string]uint64{}
 	for rip, n := range s.counts {
