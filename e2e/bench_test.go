@@ -10,11 +10,17 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/govmd/govmd/internal/harness"
 )
 
 // BenchmarkBootReady boots the test kernel (PVH vmlinux, 2 vCPUs, 256 MiB)
@@ -129,9 +135,9 @@ type guestRun struct {
 }
 
 // runGuest runs argv until it exits, is over limit or its console is
-// silent for benchSilence, and calls line (at the time it was read) for
-// every console line.
-func runGuest(argv []string, limit time.Duration, line func(now time.Time, s string)) guestRun {
+// silent for the profile's Silence, and calls line for every console line
+// with the time it was read and the VMM's process ID.
+func runGuest(argv []string, limit time.Duration, line func(now time.Time, pid int, s string)) guestRun {
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
@@ -164,7 +170,7 @@ func runGuest(argv []string, limit time.Duration, line func(now time.Time, s str
 				done = true
 				break
 			}
-			line(time.Now(), l)
+			line(time.Now(), cmd.Process.Pid, l)
 			r.lines++
 			r.crashed = r.crashed || crashRe.MatchString(l)
 			silence.Reset(quiet)
@@ -205,7 +211,7 @@ func (r guestRun) failure(what string) error {
 func bootOnce(argv []string) (wall, uptime, rssMiB float64, err error) {
 	start := time.Now()
 	found := false
-	r := runGuest(argv, profile().Boot, func(now time.Time, l string) {
+	r := runGuest(argv, profile().Boot, func(now time.Time, _ int, l string) {
 		if m := readyRe.FindStringSubmatch(l); m != nil && !found {
 			wall = now.Sub(start).Seconds()
 			fmt.Sscan(m[1], &uptime)
@@ -232,6 +238,7 @@ func median(v []float64) float64 {
 
 var benchLineRe = regexp.MustCompile(`GOVMD-BENCH (begin|end) (\S+)`)
 var blkbenchRe = regexp.MustCompile(`GOVMD-RESULT blkbench\.(\S+)\.ops=([0-9]+) blkbench\.\S+\.us=([0-9]+)`)
+var blkIRQRe = regexp.MustCompile(`GOVMD-RESULT blkbench\.(\S+)\.irqs=([0-9]+)`)
 
 // blkOps is the number of requests per pattern in BenchmarkGuestBlk; in
 // nested KVM on TCG every request costs milliseconds, and scripts/bench.sh
@@ -269,13 +276,21 @@ func BenchmarkGuestBlk(b *testing.B) {
 	eachVMM(b, vmms, func(b *testing.B, name string, argv []string) {
 		host := map[string][]float64{}
 		guest := map[string][]float64{}
+		irqs := map[string][]float64{}
+		exits := map[string][]float64{}
 		hangs, good := benchRuns(b, name, func() error {
-			h, g, err := blkBenchOnce(argv)
-			for p, v := range h {
+			r, err := blkBenchOnce(argv)
+			for p, v := range r.host {
 				host[p] = append(host[p], v)
 			}
-			for p, v := range g {
+			for p, v := range r.guest {
 				guest[p] = append(guest[p], v)
+			}
+			for p, v := range r.irqs {
+				irqs[p] = append(irqs[p], v)
+			}
+			for p, v := range r.exits {
+				exits[p] = append(exits[p], v)
 			}
 			return err
 		})
@@ -292,41 +307,96 @@ func BenchmarkGuestBlk(b *testing.B) {
 		for p, v := range guest {
 			b.ReportMetric(median(v), "kIOPS-guest-clock-"+p)
 		}
+		for p, v := range irqs {
+			b.ReportMetric(median(v), "irqs/req-"+p)
+		}
+		for p, v := range exits {
+			b.ReportMetric(median(v), "exits/req-"+p)
+		}
 		b.ReportMetric(float64(*blkOps), "ops")
 		b.ReportMetric(float64(hangs), "hangs")
 		b.ReportMetric(0, "ns/op")
 	})
 }
 
-// blkBenchOnce boots one guest running blk-bench and returns kIOPS per
-// pattern as timed by the host and as timed by the guest, for the patterns
-// that finished; an error unless all four did.
-func blkBenchOnce(argv []string) (host, guest map[string]float64, err error) {
-	host, guest = map[string]float64{}, map[string]float64{}
+// blkResult is what one blk-bench run measured, per pattern: kIOPS timed
+// by the host and by the guest, the virtio interrupts the guest took per
+// request, and the VM exits per request (KVM's count for the VMM's VM,
+// read from debugfs at the pattern's begin and end lines; none where
+// debugfs has no KVM directory).
+type blkResult struct {
+	host, guest, irqs, exits map[string]float64
+}
+
+// blkBenchOnce boots one guest running blk-bench and returns what it
+// measured for the patterns that finished; an error unless all four did.
+func blkBenchOnce(argv []string) (blkResult, error) {
+	r := blkResult{host: map[string]float64{}, guest: map[string]float64{}, irqs: map[string]float64{}, exits: map[string]float64{}}
 	begin := map[string]time.Time{}
+	beginExits := map[string]uint64{}
 	opsOf := map[string]float64{}
-	r := runGuest(argv, blkBenchTimeout(), func(now time.Time, l string) {
+	run := runGuest(argv, blkBenchTimeout(), func(now time.Time, pid int, l string) {
 		if m := blkbenchRe.FindStringSubmatch(l); m != nil {
 			var n, us float64
 			fmt.Sscan(m[2], &n)
 			fmt.Sscan(m[3], &us)
 			opsOf[m[1]] = n
 			if us > 0 {
-				guest[m[1]] = n / us * 1000
+				r.guest[m[1]] = n / us * 1000
 			}
 		}
+		if m := blkIRQRe.FindStringSubmatch(l); m != nil && opsOf[m[1]] > 0 {
+			var n float64
+			fmt.Sscan(m[2], &n)
+			r.irqs[m[1]] = n / opsOf[m[1]]
+		}
 		if m := benchLineRe.FindStringSubmatch(l); m != nil {
+			ex, exOK := kvmExits(pid)
 			if m[1] == "begin" {
 				begin[m[2]] = now
+				if exOK {
+					beginExits[m[2]] = ex
+				}
 			} else if t, ok := begin[m[2]]; ok && opsOf[m[2]] > 0 {
-				host[m[2]] = opsOf[m[2]] / now.Sub(t).Seconds() / 1000
+				r.host[m[2]] = opsOf[m[2]] / now.Sub(t).Seconds() / 1000
+				if e0, ok := beginExits[m[2]]; ok && exOK {
+					r.exits[m[2]] = float64(ex-e0) / opsOf[m[2]]
+				}
 			}
 		}
 	})
-	if r.hung || len(host) != 4 {
-		return host, guest, r.failure(fmt.Sprintf("blk-bench incomplete: %d of 4 patterns", len(host)))
+	if run.hung || len(r.host) != 4 {
+		return r, run.failure(fmt.Sprintf("blk-bench incomplete: %d of 4 patterns", len(r.host)))
 	}
-	return host, guest, nil
+	return r, nil
+}
+
+var debugfsOnce sync.Once
+
+// kvmExits returns the VM exits KVM has counted for the VM of process pid
+// (debugfs: /sys/kernel/debug/kvm/<pid>-<fd>/exits), mounting debugfs
+// once if it is not; false where there is none.
+func kvmExits(pid int) (uint64, bool) {
+	debugfsOnce.Do(func() {
+		if _, err := os.Stat("/sys/kernel/debug/kvm"); err != nil {
+			_ = unix.Mount("debugfs", "/sys/kernel/debug", "debugfs", 0, "")
+		}
+	})
+	dirs, _ := filepath.Glob(fmt.Sprintf("/sys/kernel/debug/kvm/%d-*", pid))
+	var sum uint64
+	found := false
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, "exits"))
+		if err != nil {
+			continue
+		}
+		var n uint64
+		if _, err := fmt.Sscan(string(b), &n); err == nil {
+			sum += n
+			found = true
+		}
+	}
+	return sum, found
 }
 
 // eachVMM runs bench as a sub-benchmark for govmd and then QEMU (argv[0]
@@ -349,7 +419,7 @@ func eachVMM(b *testing.B, vmms map[string][]string, bench func(b *testing.B, na
 // (QEMU refusing a CPU model, say) is one clear error, not a hang.
 func TestGuestRunDidNotStart(t *testing.T) {
 	r := runGuest([]string{"sh", "-c", "echo 'qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69' >&2; exit 1"},
-		time.Minute, func(time.Time, string) {})
+		time.Minute, func(time.Time, int, string) {})
 	err := r.failure("no GOVMD-READY")
 	if err == nil || errors.Is(err, errHang) || errors.Is(err, errCrash) {
 		t.Fatalf("failure = %v, want a plain error", err)
@@ -357,4 +427,102 @@ func TestGuestRunDidNotStart(t *testing.T) {
 	if want := "sh did not start a guest (exit status 1): qemu-system-x86_64: error: failed to set MSR 0x10a"; !strings.HasPrefix(err.Error(), want) {
 		t.Errorf("failure = %q, want %q...", err, want)
 	}
+}
+
+var (
+	tcpIRQRe   = regexp.MustCompile(`GOVMD-RESULT tcp\.(rx|tx)\.irqs=([0-9]+) tcp\.(?:rx|tx)\.packets=([0-9]+)`)
+	tcpStartRe = regexp.MustCompile(`GOVMD-TCP-(LISTENING|SENDING) `)
+)
+
+// BenchmarkGuestNet moves the profile's TCPBytes into the guest (tcp-rx)
+// and out of it (tcp-tx) over a tap in a test namespace, with govmd's
+// virtio-net and with QEMU's (virtio-net-pci, vhost off: the same tap
+// path), and reports per packet the guest's virtio interrupts and the VM
+// exits KVM counted, each direction ("irqs/pkt-rx", "exits/pkt-tx", ...).
+func BenchmarkGuestNet(b *testing.B) {
+	harness.RequireNetAdmin(b)
+	requireKVM(b)
+	p := profile()
+	vmlinux := image(b, "linux/vmlinux")
+	initrd := image(b, "initrd.cpio")
+	gn := newGuestNet(b)
+	line := cmdline(b, fmt.Sprintf("govmd.test=net,tcp-rx,tcp-tx govmd.ip=%s/24 govmd.peer=%s govmd.tcp.port=%d govmd.tcp.txport=%d govmd.tcp.bytes=%d govmd.hash=%s",
+		guestIP, hostIP, rxPort, txPort, p.TCPBytes, p.Hash))
+	inNS := []string{"ip", "netns", "exec", gn.ns.Name}
+	vmms := map[string][]string{
+		"govmd": slices.Concat(inNS, []string{govmd(b), "run", "--kernel", vmlinux, "--initrd", initrd, "--cmdline", line,
+			"--cpus", "2", "--memory", "256M", "--log-level", "warn", "--net", "tap=" + tapName}),
+		"qemu": slices.Concat(inNS, []string{"qemu-system-x86_64"}, qemuArgs(vmlinux, initrd, line), []string{
+			"-netdev", "tap,id=n0,ifname=" + tapName + ",script=no,downscript=no,vhost=off",
+			"-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,romfile="}),
+	}
+	eachVMM(b, vmms, func(b *testing.B, name string, argv []string) {
+		res := map[string][]float64{}
+		hangs, good := benchRuns(b, name, func() error {
+			r, err := netBenchOnce(argv, gn, p)
+			for k, v := range r {
+				res[k] = append(res[k], v)
+			}
+			return err
+		})
+		if good == 0 {
+			noRunFinished(b, name, hangs)
+		}
+		for k, v := range res {
+			b.ReportMetric(median(v), k)
+		}
+		b.ReportMetric(float64(p.TCPBytes), "bytes")
+		b.ReportMetric(float64(hangs), "hangs")
+		b.ReportMetric(0, "ns/op")
+	})
+}
+
+// netBenchOnce boots one guest running tcp-rx and tcp-tx, sends it the
+// test stream when it listens, and returns irqs/pkt-rx, irqs/pkt-tx,
+// exits/pkt-rx and exits/pkt-tx (the exits only where debugfs shows the
+// VM); an error unless both directions were measured.
+func netBenchOnce(argv []string, gn *guestNet, p hostProfile) (map[string]float64, error) {
+	res := map[string]float64{}
+	start := map[string]uint64{}
+	sendErr := make(chan error, 1)
+	run := runGuest(argv, p.Boot+4*p.Step, func(now time.Time, pid int, l string) {
+		if m := tcpStartRe.FindStringSubmatch(l); m != nil {
+			dir := map[string]string{"LISTENING": "rx", "SENDING": "tx"}[m[1]]
+			if ex, ok := kvmExits(pid); ok {
+				start[dir] = ex
+			}
+			if dir == "rx" {
+				go func() { sendErr <- gn.send(pattern(p.TCPBytes), p.NetStall) }()
+			}
+		}
+		if m := tcpIRQRe.FindStringSubmatch(l); m != nil {
+			var irqs, pkts float64
+			fmt.Sscan(m[2], &irqs)
+			fmt.Sscan(m[3], &pkts)
+			if pkts > 0 {
+				res["irqs/pkt-"+m[1]] = irqs / pkts
+				if ex, ok := kvmExits(pid); ok {
+					if s, ok := start[m[1]]; ok {
+						res["exits/pkt-"+m[1]] = float64(ex-s) / pkts
+					}
+				}
+			}
+		}
+	})
+	select {
+	case err := <-sendErr:
+		if err != nil && !run.hung && !run.crashed {
+			return res, fmt.Errorf("sending to the guest: %w", err)
+		}
+	default:
+	}
+	// Drain what the guest's tcp-tx sent (the digest is TestNetGuest's
+	// business).
+	for len(gn.txDone) > 0 {
+		<-gn.txDone
+	}
+	if run.hung || res["irqs/pkt-rx"] == 0 || res["irqs/pkt-tx"] == 0 {
+		return res, run.failure("tcp-rx and tcp-tx not both measured")
+	}
+	return res, nil
 }

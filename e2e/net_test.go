@@ -111,17 +111,23 @@ func TestNetGuest(t *testing.T) {
 	}
 }
 
-func runNetCase(t *testing.T, c netCase) {
-	harness.RequireNetAdmin(t)
-	requireKVM(t)
-	p := logProfile(t)
+// guestNet is a test's network: a namespace holding a persistent tap with
+// a vnet header (govmd opens it as it is) at hostIP, and the host's end of
+// the guest's tcp-tx: a listener that hashes each connection.
+type guestNet struct {
+	ns     *harness.NS
+	txDone chan string // "<bytes> <sha256>" or an error, per connection
+}
+
+// newGuestNet sets the network up; everything goes with the namespace at
+// the end of the test.
+func newGuestNet(t testing.TB) *guestNet {
+	t.Helper()
 	ns, err := harness.NewNS()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ns.Close() })
-	// A persistent tap with a vnet header that govmd opens as it is; it
-	// disappears with the namespace.
 	if err := ns.Do(func() error {
 		tap := &netlink.Tuntap{
 			LinkAttrs: netlink.LinkAttrs{Name: tapName},
@@ -143,9 +149,7 @@ func runNetCase(t *testing.T, c netCase) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-
-	// The host's end of tcp-tx: accept one connection, hash what arrives.
-	txDone := make(chan string, 1)
+	n := &guestNet{ns: ns, txDone: make(chan string, 16)}
 	var ln net.Listener
 	if err := ns.Do(func() (err error) {
 		ln, err = net.Listen("tcp4", fmt.Sprintf("%s:%d", hostIP, txPort))
@@ -155,20 +159,44 @@ func runNetCase(t *testing.T, c netCase) {
 	}
 	t.Cleanup(func() { ln.Close() })
 	go func() {
-		conn, err := ln.Accept()
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			h := sha256.New()
+			m, err := io.Copy(h, conn)
+			conn.Close()
+			if err != nil {
+				n.txDone <- "read: " + err.Error()
+				continue
+			}
+			n.txDone <- fmt.Sprintf("%d %x", m, h.Sum(nil))
+		}
+	}()
+	return n
+}
+
+// send connects to the guest's tcp-rx port and writes data, each 64 KiB
+// within stall; a guest that stops taking data gives an error wrapping
+// os.ErrDeadlineExceeded.
+func (n *guestNet) send(data []byte, stall time.Duration) error {
+	return n.ns.Do(func() error {
+		conn, err := net.DialTimeout("tcp4", fmt.Sprintf("%s:%d", guestIP, rxPort), 30*time.Second)
 		if err != nil {
-			txDone <- "accept: " + err.Error()
-			return
+			return err
 		}
 		defer conn.Close()
-		h := sha256.New()
-		n, err := io.Copy(h, conn)
-		if err != nil {
-			txDone <- "read: " + err.Error()
-			return
-		}
-		txDone <- fmt.Sprintf("%d %x", n, h.Sum(nil))
-	}()
+		return writeProgressing(conn, data, stall)
+	})
+}
+
+func runNetCase(t *testing.T, c netCase) {
+	harness.RequireNetAdmin(t)
+	requireKVM(t)
+	p := logProfile(t)
+	gn := newGuestNet(t)
+	ns, txDone := gn.ns, gn.txDone
 
 	size := p.TCPBytes
 	if full() {
@@ -222,14 +250,7 @@ func runNetCase(t *testing.T, c netCase) {
 	// Host -> guest TCP.
 	g.Expect(`GOVMD-TCP-LISTENING port=`, p.Step)
 	data := pattern(size)
-	if err := ns.Do(func() error {
-		conn, err := net.DialTimeout("tcp4", fmt.Sprintf("%s:%d", guestIP, rxPort), 30*time.Second)
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		return writeProgressing(conn, data, p.NetStall)
-	}); err != nil {
+	if err := gn.send(data, p.NetStall); err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			// The guest stopped taking data for a minute: what the
 			// guest's console going silent is for the other steps

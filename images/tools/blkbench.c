@@ -18,8 +18,11 @@
 #define O_DIRECT 040000 /* i386 */
 #endif
 
+/* struct __kernel_timespec: clock_gettime64, since kernels without
+ * COMPAT_32BIT_TIME (the test kernel) refuse the 32-bit-time
+ * clock_gettime */
 struct mono {
-	long sec, nsec;
+	long long sec, nsec;
 };
 
 static char line[256];
@@ -37,7 +40,7 @@ static void putu(unsigned long long v) {
 
 static unsigned long long now_us(void) {
 	struct mono ts = {0, 0};
-	my_syscall2(__NR_clock_gettime, 1 /* CLOCK_MONOTONIC */, &ts);
+	my_syscall2(__NR_clock_gettime64, 1 /* CLOCK_MONOTONIC */, &ts);
 	return (unsigned long long)ts.sec * 1000000ull + ts.nsec / 1000;
 }
 
