@@ -21,9 +21,10 @@
 #                   costs ms and a longer nested run is likelier to stall,
 #                   docs/pvm.md)
 #
-# The KVM section runs the e2e benchmarks BenchmarkBootReady and
-# BenchmarkGuestBlk with a usable /dev/kvm, or else inside nested KVM on
-# QEMU TCG (scripts/nested.sh, docs/pvm.md), where QEMU runs too.
+# The KVM section runs the e2e benchmarks BenchmarkBootReady,
+# BenchmarkGuestBlk and BenchmarkGuestNet with a usable /dev/kvm (hardware
+# KVM or PVM), or else inside nested KVM on QEMU TCG (scripts/nested.sh,
+# docs/pvm.md), where QEMU runs too, and rewrites that host profile's block.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${BENCH_ROUNDS:-9}
@@ -72,9 +73,11 @@ fi
 
 if [ "${BENCH_KVM:-1}" != 0 ]; then
 	runs=${BENCH_KVM_RUNS:-5}
-	bench="-test.run=^\$ -test.bench=^(BenchmarkBootReady|BenchmarkGuestBlk)\$ -test.benchtime=${runs}x -test.timeout=80m"
+	bench="-test.run=^\$ -test.bench=^(BenchmarkBootReady|BenchmarkGuestBlk|BenchmarkGuestNet)\$ -test.benchtime=${runs}x -test.timeout=170m"
 	if scripts/kvm-usable; then
+		profile=kvm
 		if [ -d /sys/module/kvm_pvm ]; then
+			profile=pvm
 			where="PVM (kvm_pvm on $(uname -n): every guest instruction is emulated; docs/pvm.md)"
 			bench="$bench -govmd.blk-ops=${BENCH_KVM_BLK_OPS:-200}"
 		else
@@ -83,12 +86,13 @@ if [ "${BENCH_KVM:-1}" != 0 ]; then
 		fi
 		(cd e2e && go test -c -o "$tmp/e2e.test" . && "$tmp/e2e.test" $bench) | tee "$tmp/kvm.txt"
 	else
+		profile=tcg
 		where="nested KVM on QEMU TCG (no usable /dev/kvm here; docs/pvm.md)"
 		bench="$bench -govmd.blk-ops=${BENCH_KVM_BLK_OPS:-200}"
 		NESTED_QEMU=1 NESTED_RUN='^$' NESTED_ARGS="$bench" NESTED_NO_RETRY=1 NESTED_LOG="$tmp/kvm.txt" \
 			NESTED_TIMEOUT=${NESTED_TIMEOUT:-5400} scripts/nested.sh ./e2e || echo "bench: the nested KVM run failed; see $tmp/kvm.txt" >&2
 	fi
 	[ -z "${BENCH_KVM_LOG:-}" ] || cp "$tmp/kvm.txt" "$BENCH_KVM_LOG"
-	"$tmp/benchreport" -kvm -kvm-where "$where" -o "$out" "$tmp/kvm.txt"
-	echo "bench: wrote the KVM section of $out" >&2
+	"$tmp/benchreport" -kvm -kvm-profile "$profile" -kvm-where "$where" -o "$out" "$tmp/kvm.txt"
+	echo "bench: wrote the $profile block of the KVM section of $out" >&2
 fi

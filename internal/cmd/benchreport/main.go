@@ -9,11 +9,12 @@
 //	    [-blk-fs NAME] [-load-start "1.0 2.0 3.0"] [-stat-start FILE] FILE...
 //
 // The KVM section of an existing report (from "## Guest boot and guest
-// I/O (needs KVM)" to the end) is kept as it is. With -kvm, only that
-// section is rewritten, from the output of the e2e benchmarks
-// (BenchmarkBootReady, BenchmarkGuestBlk):
+// I/O (needs KVM)" to the end) is kept as it is. With -kvm, only the
+// block of one host profile in that section is rewritten, from the output
+// of the e2e benchmarks (BenchmarkBootReady, BenchmarkGuestBlk,
+// BenchmarkGuestNet):
 //
-//	benchreport -kvm -kvm-where "nested KVM on QEMU TCG" -o docs/bench.md FILE...
+//	benchreport -kvm -kvm-profile tcg -kvm-where "nested KVM on QEMU TCG" -o docs/bench.md FILE...
 package main
 
 import (
@@ -51,11 +52,12 @@ func run(args []string) error {
 	statStart := fs.String("stat-start", "", "copy of /proc/stat taken at the start")
 	kvm := fs.Bool("kvm", false, "rewrite only the KVM section, from the e2e benchmarks in FILE...")
 	kvmWhere := fs.String("kvm-where", "?", "where the KVM benchmarks ran (for the report)")
+	kvmProfile := fs.String("kvm-profile", "", "the host profile of the KVM benchmarks: kvm, pvm or tcg (whose block -kvm rewrites)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *kvm {
-		return runKVM(*out, *kvmWhere, fs.Args())
+		return runKVM(*out, *kvmWhere, *kvmProfile, fs.Args())
 	}
 	if fs.NArg() == 0 {
 		return errors.New("no benchmark output files")
@@ -189,7 +191,14 @@ func parseFiles(names []string) (Results, [][]byte, error) {
 }
 
 // runKVM rewrites the KVM section of the report at out.
-func runKVM(out, where string, files []string) error {
+func runKVM(out, where, profile string, files []string) error {
+	known := false
+	for _, k := range kvmProfiles {
+		known = known || k.name == profile
+	}
+	if !known {
+		return fmt.Errorf("-kvm-profile %q: want kvm, pvm or tcg", profile)
+	}
 	rs, texts, err := parseFiles(files)
 	if err != nil {
 		return err
@@ -205,6 +214,6 @@ func runKVM(out, where string, files []string) error {
 	for _, b := range texts {
 		maps.Copy(unfinished, Unfinished(string(b)))
 	}
-	section := RenderKVM(rs, KVMInfo{Date: time.Now().UTC().Format("2006-01-02 15:04 UTC"), Where: where, Unfinished: unfinished})
-	return os.WriteFile(out, []byte(ReplaceTail(string(old), section)), 0o644)
+	block := RenderKVM(rs, KVMInfo{Date: time.Now().UTC().Format("2006-01-02 15:04 UTC"), Where: where, Profile: profile, Unfinished: unfinished})
+	return os.WriteFile(out, []byte(ReplaceKVM(string(old), profile, block)), 0o644)
 }

@@ -175,15 +175,21 @@ func TestRenderKVM(t *testing.T) {
 BenchmarkBootReady/govmd-2         	       5	         0 ns/op	         5.000 boots	         0 hangs	        30.5 MiB-peak-rss	         3.200 s-guest-uptime	        12.00 s-to-ready
 BenchmarkBootReady/qemu-2          	       5	         0 ns/op	         3.000 boots	         2.000 hangs	       120.0 MiB-peak-rss	         3.500 s-guest-uptime	        15.00 s-to-ready
 BenchmarkGuestBlk/govmd-2          	       5	         0 ns/op	         0 hangs	         8.000 kIOPS-rand-read	        10.00 kIOPS-seq-read	         7.000 kIOPS-rand-write	         9.000 kIOPS-seq-write	         5.000 runs-seq-read	         3.000 runs-rand-write
-BenchmarkGuestBlk/qemu-2           	       5	         0 ns/op	         1.000 hangs	         4.000 kIOPS-rand-read	         5.000 kIOPS-seq-read	         3.500 kIOPS-rand-write	         4.500 kIOPS-seq-write
+BenchmarkGuestBlk/qemu-2           	       5	         0 ns/op	         1.000 hangs	         4.000 kIOPS-rand-read	         5.000 kIOPS-seq-read	         3.500 kIOPS-rand-write	         4.500 kIOPS-seq-write	         1.500 irqs/req-seq-read	        12.50 exits/req-seq-read
+BenchmarkGuestNet/govmd-2          	       5	         0 ns/op	    262144 bytes	         0 hangs	         0.2500 irqs/pkt-rx	         0.5000 irqs/pkt-tx	         3.000 exits/pkt-rx	         4.000 exits/pkt-tx
+BenchmarkGuestNet/qemu-2           	       5	         0 ns/op	    262144 bytes	         0 hangs	         0.3000 irqs/pkt-rx	         0.6000 irqs/pkt-tx	         5.000 exits/pkt-rx	         6.000 exits/pkt-tx
 PASS
 `
 	rs := Results{}
 	if err := Parse(strings.NewReader(out), rs); err != nil {
 		t.Fatal(err)
 	}
-	doc := RenderKVM(rs, KVMInfo{Date: "d", Where: "w"})
+	doc := RenderKVM(rs, KVMInfo{Date: "d", Where: "w", Profile: "pvm"})
 	for _, want := range []string{
+		kvmMarker("pvm") + "\n### PVM:",
+		"| seq-read | - | 1.50 | - | 12.5 |",
+		"| into the guest (rx) | 0.25 | 0.30 | 3.0 | 5.0 |",
+		"| out of the guest (tx) | 0.50 | 0.60 | 4.0 | 6.0 |",
 		"| govmd | 12.00 | 3.20 | 30.5 | 5 | 0 |",
 		"| QEMU | 15.00 | 3.50 | 120.0 | 3 | 2 |",
 		"| wall time to GOVMD-READY | 0.80x |",
@@ -214,8 +220,22 @@ BenchmarkGuestBlk/qemu
 	if doc2 := RenderKVM(rs2, KVMInfo{Unfinished: un}); !strings.Contains(doc2, "Runs that hung or crashed: govmd 4 (no run finished), QEMU 0.") {
 		t.Errorf("unfinished govmd not reported:\n%s", doc2)
 	}
-	whole := ReplaceTail("# Benchmarks\n\nnet\n\n"+kvmHeading+"\n\nold\n", doc)
-	if !strings.HasPrefix(whole, "# Benchmarks\n\nnet\n\n"+kvmHeading) || strings.Contains(whole, "old") {
-		t.Errorf("ReplaceTail:\n%s", whole)
+	// The block replaces a section without blocks, and a later run on
+	// another profile keeps it; a run on the same profile replaces it.
+	whole := ReplaceKVM("# Benchmarks\n\nnet\n\n"+kvmHeading+"\n\nold\n", "pvm", doc)
+	if !strings.HasPrefix(whole, "# Benchmarks\n\nnet\n\n"+kvmHeading) || strings.Contains(whole, "old") || !strings.Contains(whole, doc) {
+		t.Errorf("ReplaceKVM:\n%s", whole)
+	}
+	tcg := RenderKVM(rs2, KVMInfo{Date: "d2", Where: "w2", Profile: "tcg"})
+	both := ReplaceKVM(whole, "tcg", tcg)
+	if !strings.Contains(both, strings.TrimRight(doc, "\n")) || !strings.Contains(both, tcg) ||
+		strings.Index(both, kvmMarker("pvm")) > strings.Index(both, kvmMarker("tcg")) {
+		t.Errorf("ReplaceKVM with a second profile:\n%s", both)
+	}
+	again := RenderKVM(rs2, KVMInfo{Date: "d3", Where: "w3", Profile: "pvm"})
+	third := ReplaceKVM(both, "pvm", again)
+	if strings.Contains(third, "on w.") || !strings.Contains(third, "on w3.") || !strings.Contains(third, "on w2.") ||
+		strings.Count(third, kvmMarker("pvm")) != 1 {
+		t.Errorf("ReplaceKVM of the same profile:\n%s", third)
 	}
 }
