@@ -20,7 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/govmd/govmd/internal/harness"
+	"github.com/govmd/govmd/internal/netns"
 )
 
 // BenchmarkBootReady boots the test kernel (PVH vmlinux, 2 vCPUs, 256 MiB)
@@ -440,7 +440,7 @@ var (
 // path), and reports per packet the guest's virtio interrupts and the VM
 // exits KVM counted, each direction ("irqs/pkt-rx", "exits/pkt-tx", ...).
 func BenchmarkGuestNet(b *testing.B) {
-	harness.RequireNetAdmin(b)
+	netns.RequireNetAdmin(b)
 	requireKVM(b)
 	p := profile()
 	vmlinux := image(b, "linux/vmlinux")

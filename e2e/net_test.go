@@ -14,7 +14,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/govmd/govmd/internal/harness"
+	"github.com/govmd/govmd/internal/netns"
 )
 
 // Addresses inside each test's network namespace.
@@ -115,7 +115,7 @@ func TestNetGuest(t *testing.T) {
 // a vnet header (govmd opens it as it is) at hostIP, and the host's end of
 // the guest's tcp-tx: a listener that hashes each connection.
 type guestNet struct {
-	ns     *harness.NS
+	ns     *netns.NS
 	txDone chan string // "<bytes> <sha256>" or an error, per connection
 }
 
@@ -123,7 +123,7 @@ type guestNet struct {
 // the end of the test.
 func newGuestNet(t testing.TB) *guestNet {
 	t.Helper()
-	ns, err := harness.NewNS()
+	ns, err := netns.New()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +192,7 @@ func (n *guestNet) send(data []byte, stall time.Duration) error {
 }
 
 func runNetCase(t *testing.T, c netCase) {
-	harness.RequireNetAdmin(t)
+	netns.RequireNetAdmin(t)
 	requireKVM(t)
 	p := logProfile(t)
 	gn := newGuestNet(t)
@@ -305,7 +305,7 @@ func runNetCase(t *testing.T, c netCase) {
 // checkTapOffloads compares the tap's ethtool -k view with what the guest
 // accepts: tx-checksumming is what the kernel may hand the guest partially
 // checksummed, tcp-segmentation-offload whether it may hand it TSO frames.
-func checkTapOffloads(t *testing.T, ns *harness.NS, csum, tso bool) {
+func checkTapOffloads(t *testing.T, ns *netns.NS, csum, tso bool) {
 	t.Helper()
 	out, err := ns.Exec("ethtool", "-k", tapName)
 	if err != nil {
@@ -328,7 +328,7 @@ func checkTapOffloads(t *testing.T, ns *harness.NS, csum, tso bool) {
 }
 
 // release lets a guest blocked in the wait-host step go on.
-func release(t *testing.T, ns *harness.NS) {
+func release(t *testing.T, ns *netns.NS) {
 	t.Helper()
 	if err := ns.Do(func() error {
 		c, err := net.DialTimeout("tcp4", fmt.Sprintf("%s:%d", guestIP, waitPort), 30*time.Second)

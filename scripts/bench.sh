@@ -50,7 +50,7 @@ trap 'rm -rf "$tmp" "$blkdir"' EXIT
 
 go build -o "$tmp/benchreport" ./internal/cmd/benchreport
 if [ "${BENCH_HOST:-1}" != 0 ]; then
-	go test -c -o "$tmp/harness.test" ./internal/harness/
+	go test -c -o "$tmp/nettest.test" ./devices/net/nettest/
 	go test -c -o "$tmp/blk.test" ./devices/blk/
 
 	cp /proc/stat "$tmp/stat.start"
@@ -58,7 +58,7 @@ if [ "${BENCH_HOST:-1}" != 0 ]; then
 	start=$(date +%s)
 	for r in $(seq "$rounds"); do
 		echo "bench: round $r of $rounds" >&2
-		(cd internal/harness && "$tmp/harness.test" -test.run '^$' -test.bench '^BenchmarkLoop$' \
+		(cd devices/net/nettest && "$tmp/nettest.test" -test.run '^$' -test.bench '^BenchmarkLoop$' \
 			-test.benchtime "$net_time" -test.count 1 -test.timeout 30m) | tee -a "$tmp/net.txt"
 		(cd devices/blk && TMPDIR=$blkdir "$tmp/blk.test" -test.run '^$' -test.bench '^BenchmarkIO$' \
 			-test.benchtime "$blk_time" -test.count 1 -test.timeout 30m) | tee -a "$tmp/blk.txt"

@@ -13,42 +13,31 @@ import (
 	"github.com/govmd/govmd/memory"
 )
 
-// Interrupter delivers interrupts for a transport. The PCI transport
-// implements it with MSI-X vectors or INTx and the ISR register.
-type Interrupter interface {
-	QueueInterrupt(q int)
-	ConfigInterrupt()
-}
-
-// NoVector is the MSI-X "no vector" value.
-const NoVector = 0xffff
-
-// queueState is the driver-visible configuration of one queue.
+// queueState is the driver's configuration of one queue.
 type queueState struct {
 	max     uint16
 	cfg     QueueConfig
 	enabled bool
-	vector  uint16
 }
 
-// Common is the transport-independent control state of one virtio device:
-// feature negotiation, the device status state machine and queue
-// configuration. A transport maps its registers onto Common's methods. Both
-// the legacy and the modern register layouts can drive the same Common
-// (a transitional device).
+// Common is what every virtio transport shares for one device: feature
+// negotiation, the device status state machine, the queues' configuration
+// and the device's activation and reset. A transport (the PCI transport
+// here) keeps its own registers (selectors, interrupt vectors, layouts) and
+// calls Common with whole values; nothing in Common calls back up into the
+// transport except through the Transport it hands the device at DRIVER_OK.
 //
-// Common is safe for concurrent use. Queue configuration is latched when the
-// driver sets DRIVER_OK: later writes to queue size, addresses or enable are
-// ignored and counted until the device is reset.
+// Common is safe for concurrent use (several vCPUs may write registers at
+// once). Status writes are serialized from beginning to end, activation and
+// reset included. Queue configuration is latched at DRIVER_OK: later writes
+// are ignored and counted until the device is reset.
 type Common struct {
 	dev  Device
 	mem  *memory.Memory
-	irq  Interrupter
-	log  *ratelimit.Logger
-	slog *slog.Logger
+	tr   Transport
+	glog *ratelimit.Logger
 
-	kicks   []*eventfd.EventFD // stable for the device's lifetime
-	notices []atomic.Uint64    // used-buffer notifications sent, per queue
+	kicks []*eventfd.EventFD // stable for the device's lifetime
 
 	// transition serializes status writes (SetStatus, reset) from
 	// beginning to end, Device.Activate and Device.Reset included, so
@@ -60,45 +49,36 @@ type Common struct {
 	mu             sync.Mutex
 	status         uint8
 	legacy         bool // the driver is using the legacy interface
-	devFeatureSel  uint32
-	drvFeatureSel  uint32
 	driverFeatures uint64
-	queueSel       uint16
 	queues         []queueState
 	active         bool
 	activeQueues   []*Queue // the queues given to the device at activation
-	configVector   uint16
-
-	generation atomic.Uint32
 
 	needsReset atomic.Bool
 	faults     atomic.Uint64
 	ignored    atomic.Uint64
 }
 
-// NewCommon returns the control state for dev. irq is the transport's
-// interrupt delivery.
-func NewCommon(dev Device, mem *memory.Memory, irq Interrupter, log *slog.Logger) (*Common, error) {
+// NewCommon returns the shared state for dev. tr is the transport's side
+// that the device gets at activation (interrupts and NeedsReset).
+func NewCommon(dev Device, mem *memory.Memory, tr Transport, log *slog.Logger) (*Common, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	sizes := dev.QueueSizes()
 	c := &Common{
-		dev:          dev,
-		mem:          mem,
-		irq:          irq,
-		slog:         log,
-		log:          ratelimit.New(log, 10*time.Second, 10),
-		queues:       make([]queueState, len(sizes)),
-		notices:      make([]atomic.Uint64, len(sizes)),
-		configVector: NoVector,
+		dev:    dev,
+		mem:    mem,
+		tr:     tr,
+		glog:   ratelimit.New(log, 10*time.Second, 10),
+		queues: make([]queueState, len(sizes)),
 	}
 	for i, s := range sizes {
 		if s == 0 || s > MaxQueueSize || s&(s-1) != 0 {
 			c.Close()
 			return nil, fmt.Errorf("virtio: queue %d max size %d is not a power of two", i, s)
 		}
-		c.queues[i] = queueState{max: s, cfg: QueueConfig{Size: s}, vector: NoVector}
+		c.queues[i] = queueState{max: s, cfg: QueueConfig{Size: s}}
 		k, err := eventfd.New()
 		if err != nil {
 			c.Close()
@@ -127,7 +107,8 @@ func (c *Common) Device() Device { return c.dev }
 func (c *Common) NumQueues() int { return len(c.queues) }
 
 // Kick returns queue q's notification eventfd (for KVM ioeventfd
-// registration), or nil if q is out of range.
+// registration, or for the transport to write when a notification arrives
+// as a register write), or nil if q is out of range.
 func (c *Common) Kick(q int) *eventfd.EventFD {
 	if q < 0 || q >= len(c.kicks) {
 		return nil
@@ -135,17 +116,8 @@ func (c *Common) Kick(q int) *eventfd.EventFD {
 	return c.kicks[q]
 }
 
-// Notify handles a driver notification for queue q that arrived through a
-// register write instead of an ioeventfd.
-func (c *Common) Notify(q int) {
-	if k := c.Kick(q); k != nil {
-		_ = k.Write()
-		return
-	}
-	c.guestFault("notify of queue %d out of range", q)
-}
-
-// Faults returns how many driver mistakes the transport has seen.
+// Faults returns how many driver mistakes Common has seen (and device
+// errors reported through MarkNeedsReset).
 func (c *Common) Faults() uint64 { return c.faults.Load() }
 
 // IgnoredWrites returns how many configuration writes were ignored because
@@ -154,7 +126,7 @@ func (c *Common) IgnoredWrites() uint64 { return c.ignored.Load() }
 
 func (c *Common) guestFault(format string, args ...any) {
 	c.faults.Add(1)
-	c.log.Warn("virtio driver error", "device", c.dev.Type(), "err", fmt.Sprintf(format, args...))
+	c.glog.Warn("virtio driver error", "device", c.dev.Type(), "err", fmt.Sprintf(format, args...))
 }
 
 // OfferedFeatures returns the device's feature bits as seen through the
@@ -168,8 +140,9 @@ func (c *Common) OfferedFeatures(legacy bool) uint64 {
 	return f | FVersion1
 }
 
-// SetLegacy records which interface the driver uses. A transitional
-// transport calls it on the first access that identifies the interface.
+// SetLegacy records which interface the driver uses: the legacy (0.9.5)
+// interface negotiates 32 feature bits without FEATURES_OK. A transport
+// that offers both decides on the driver's first access.
 func (c *Common) SetLegacy(legacy bool) {
 	c.mu.Lock()
 	c.legacy = legacy
@@ -183,59 +156,20 @@ func (c *Common) Legacy() bool {
 	return c.legacy
 }
 
-// DeviceFeatureSelect selects which 32 feature bits DeviceFeatures returns.
-func (c *Common) DeviceFeatureSelect(sel uint32) {
-	c.mu.Lock()
-	c.devFeatureSel = sel
-	c.mu.Unlock()
-}
-
-// DeviceFeatureSel returns the selector last written.
-func (c *Common) DeviceFeatureSel() uint32 {
+// DriverFeatures returns the features the driver has written so far (the
+// negotiated ones once FEATURES_OK, or DRIVER_OK for a legacy driver, is
+// set).
+func (c *Common) DriverFeatures() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.devFeatureSel
+	return c.driverFeatures
 }
 
-// DeviceFeatures returns the selected 32 bits of the offered features.
-func (c *Common) DeviceFeatures() uint32 {
-	c.mu.Lock()
-	sel, legacy := c.devFeatureSel, c.legacy
-	c.mu.Unlock()
-	if sel > 1 {
-		return 0
-	}
-	return uint32(c.OfferedFeatures(legacy) >> (32 * sel))
-}
-
-// DriverFeatureSelect selects which 32 bits SetDriverFeatures writes.
-func (c *Common) DriverFeatureSelect(sel uint32) {
-	c.mu.Lock()
-	c.drvFeatureSel = sel
-	c.mu.Unlock()
-}
-
-// DriverFeatureSel returns the selector last written.
-func (c *Common) DriverFeatureSel() uint32 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.drvFeatureSel
-}
-
-// DriverFeatures returns the selected 32 bits of the driver's features.
-func (c *Common) DriverFeatures() uint32 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.drvFeatureSel > 1 {
-		return 0
-	}
-	return uint32(c.driverFeatures >> (32 * c.drvFeatureSel))
-}
-
-// SetDriverFeatures writes the selected 32 bits of the driver's features.
-// Writes after FEATURES_OK (or, for a legacy driver, after DRIVER_OK) are
-// ignored.
-func (c *Common) SetDriverFeatures(v uint32) {
+// SetDriverFeatures writes 32 bits of the driver's features: word 0 is bits
+// 0-31, word 1 bits 32-63 (ignored for a legacy driver); a non-zero write
+// to any other word is a driver mistake. Writes after FEATURES_OK (or, for
+// a legacy driver, after DRIVER_OK) are ignored.
+func (c *Common) SetDriverFeatures(word uint32, v uint32) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.status&(StatusFeaturesOK|StatusDriverOK) != 0 {
@@ -243,7 +177,7 @@ func (c *Common) SetDriverFeatures(v uint32) {
 		c.guestFault("driver features written after negotiation")
 		return
 	}
-	switch c.drvFeatureSel {
+	switch word {
 	case 0:
 		c.driverFeatures = c.driverFeatures&^0xffffffff | uint64(v)
 	case 1:
@@ -253,16 +187,9 @@ func (c *Common) SetDriverFeatures(v uint32) {
 		c.driverFeatures = c.driverFeatures&0xffffffff | uint64(v)<<32
 	default:
 		if v != 0 {
-			c.guestFault("driver features select %d", c.drvFeatureSel)
+			c.guestFault("driver features select %d", word)
 		}
 	}
-}
-
-// AckedFeatures returns the driver's features.
-func (c *Common) AckedFeatures() uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.driverFeatures
 }
 
 // Status returns the device status register.
@@ -276,32 +203,25 @@ func (c *Common) Status() uint8 {
 	return s
 }
 
-// ConfigGeneration returns the configuration generation counter.
-func (c *Common) ConfigGeneration() uint8 { return uint8(c.generation.Load()) }
-
 // SetStatus handles a driver write to the status register: 0 resets the
 // device; FEATURES_OK is kept only if the acked features are acceptable;
-// DRIVER_OK latches the queue configuration and activates the device.
-func (c *Common) SetStatus(v uint8) {
+// DRIVER_OK latches the queue configuration and activates the device. It
+// reports whether the device now needs a reset (activation failed): the
+// transport then sends a configuration-change interrupt.
+func (c *Common) SetStatus(v uint8) (needsReset bool) {
 	c.transition.Lock()
 	defer c.transition.Unlock()
 	if v == 0 {
 		c.reset()
-		return
+		return false
 	}
 	c.mu.Lock()
-	failed := c.setStatusLocked(v)
-	c.mu.Unlock()
-	if failed {
-		// Not under c.mu: the transport's interrupt path reads the
-		// configuration vector (ConfigVector).
-		c.irq.ConfigInterrupt()
-	}
+	defer c.mu.Unlock()
+	return c.setStatusLocked(v)
 }
 
 // setStatusLocked is SetStatus for a non-zero v with c.mu held. It reports
-// whether activation failed, in which case the caller sends the
-// configuration interrupt for DEVICE_NEEDS_RESET once c.mu is released.
+// whether activation failed.
 func (c *Common) setStatusLocked(v uint8) (activationFailed bool) {
 	old := c.status
 	if old&StatusFailed != 0 {
@@ -379,13 +299,22 @@ func (c *Common) activateLocked(v uint8) error {
 		Mem:       c.mem,
 		Queues:    qs,
 		Kicks:     c.kicks,
-		Transport: (*commonTransport)(c),
+		Transport: c.tr,
 	}); err != nil {
 		return err
 	}
 	c.active = true
 	c.activeQueues = qs
 	return nil
+}
+
+// MarkNeedsReset records a device error (a transport's NeedsReset): the
+// status shows DEVICE_NEEDS_RESET until the driver resets the device. It
+// reports whether the bit was newly set, in which case the transport sends
+// a configuration-change interrupt.
+func (c *Common) MarkNeedsReset() (first bool) {
+	c.faults.Add(1)
+	return !c.needsReset.Swap(true)
 }
 
 // RingStates returns, for each queue of an active device, what its rings
@@ -419,8 +348,8 @@ func (c *Common) reset() {
 	active := c.active
 	c.mu.Unlock()
 	if active {
-		// Not under c.mu: the device's goroutines may call NeedsReset
-		// (which reads the configuration vector) while they stop.
+		// Not under c.mu: the device's goroutines may call into the
+		// transport (NeedsReset, Notify) while they stop.
 		c.dev.Reset()
 	}
 	c.mu.Lock()
@@ -428,12 +357,9 @@ func (c *Common) reset() {
 	c.active = false
 	c.activeQueues = nil
 	c.status = 0
-	c.devFeatureSel, c.drvFeatureSel = 0, 0
 	c.driverFeatures = 0
-	c.queueSel = 0
-	c.configVector = NoVector
 	for i := range c.queues {
-		c.queues[i] = queueState{max: c.queues[i].max, cfg: QueueConfig{Size: c.queues[i].max}, vector: NoVector}
+		c.queues[i] = queueState{max: c.queues[i].max, cfg: QueueConfig{Size: c.queues[i].max}}
 	}
 	for _, k := range c.kicks {
 		k.TryRead()
@@ -449,282 +375,46 @@ func (c *Common) Active() bool {
 	return c.active
 }
 
-// SelectQueue sets the queue selector.
-func (c *Common) SelectQueue(q uint16) {
-	c.mu.Lock()
-	c.queueSel = q
-	c.mu.Unlock()
-}
-
-// QueueSelect returns the queue selector.
-func (c *Common) QueueSelect() uint16 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.queueSel
-}
-
-// selected returns the selected queue, or nil for an out-of-range selector.
-// c.mu must be held.
-func (c *Common) selected() *queueState {
-	if int(c.queueSel) >= len(c.queues) {
-		return nil
-	}
-	return &c.queues[c.queueSel]
-}
-
-// latched reports whether queue configuration may no longer change, and
-// counts the ignored write. c.mu must be held.
-func (c *Common) latched(what string) bool {
-	if c.status&StatusDriverOK != 0 || c.active {
-		c.ignored.Add(1)
-		c.guestFault("%s written after DRIVER_OK (ignored)", what)
-		return true
-	}
-	return false
-}
-
-// QueueMaxSize returns the selected queue's maximum size (0 if the selector
-// is out of range, which tells the driver the queue does not exist).
-func (c *Common) QueueMaxSize() uint16 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if q := c.selected(); q != nil {
-		return q.max
-	}
-	return 0
-}
-
-// QueueSize returns the selected queue's configured size.
-func (c *Common) QueueSize() uint16 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if q := c.selected(); q != nil {
-		return q.cfg.Size
-	}
-	return 0
-}
-
-// SetQueueSize sets the selected queue's size. Sizes that are zero, larger
-// than the maximum or not a power of two are refused.
-func (c *Common) SetQueueSize(n uint16) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	q := c.selected()
-	if q == nil {
-		c.guestFault("queue size for out-of-range queue %d", c.queueSel)
-		return
-	}
-	if c.latched("queue size") {
-		return
-	}
-	if n == 0 || n > q.max || n&(n-1) != 0 {
-		c.guestFault("queue %d size %d invalid (max %d)", c.queueSel, n, q.max)
-		return
-	}
-	q.cfg.Size = n
-}
-
-// QueueAddrKind names one of the three ring areas.
-type QueueAddrKind int
-
-// Ring areas.
-const (
-	QueueDesc QueueAddrKind = iota
-	QueueAvail
-	QueueUsed
-)
-
-// QueueAddr returns one of the selected queue's ring addresses.
-func (c *Common) QueueAddr(k QueueAddrKind) uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	q := c.selected()
-	if q == nil {
+// QueueMax returns queue q's maximum size, 0 if there is no such queue.
+func (c *Common) QueueMax(q int) uint16 {
+	if q < 0 || q >= len(c.queues) {
 		return 0
 	}
-	switch k {
-	case QueueDesc:
-		return q.cfg.DescAddr
-	case QueueAvail:
-		return q.cfg.AvailAddr
-	default:
-		return q.cfg.UsedAddr
-	}
+	return c.queues[q].max // immutable
 }
 
-// SetQueueAddr sets 32 bits (hi selects the upper half) of one of the
-// selected queue's ring addresses.
-func (c *Common) SetQueueAddr(k QueueAddrKind, hi bool, v uint32) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	q := c.selected()
-	if q == nil {
-		c.guestFault("queue address for out-of-range queue %d", c.queueSel)
-		return
-	}
-	if c.latched("queue address") {
-		return
-	}
-	p := &q.cfg.UsedAddr
-	switch k {
-	case QueueDesc:
-		p = &q.cfg.DescAddr
-	case QueueAvail:
-		p = &q.cfg.AvailAddr
-	}
-	if hi {
-		*p = *p&0xffffffff | uint64(v)<<32
-	} else {
-		*p = *p&^0xffffffff | uint64(v)
-	}
-}
-
-// QueueEnabled reports whether the selected queue is enabled.
-func (c *Common) QueueEnabled() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	q := c.selected()
-	return q != nil && q.enabled
-}
-
-// SetQueueEnabled enables the selected queue (modern queue_enable). Only
-// writing 1 is defined; 0 is ignored.
-func (c *Common) SetQueueEnabled(on bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	q := c.selected()
-	if q == nil {
-		c.guestFault("queue enable for out-of-range queue %d", c.queueSel)
-		return
-	}
-	if c.latched("queue enable") {
-		return
-	}
-	if on {
-		q.enabled = true
-	}
-}
-
-// LegacyPageSize is the legacy interface's queue address unit and ring
-// alignment.
-const LegacyPageSize = 4096
-
-// QueuePFN returns the selected queue's legacy page frame number.
-func (c *Common) QueuePFN() uint32 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	q := c.selected()
-	if q == nil || !q.enabled {
-		return 0
-	}
-	return uint32(q.cfg.DescAddr / LegacyPageSize)
-}
-
-// SetQueuePFN configures the selected queue the legacy way: the rings are
-// laid out contiguously from pfn*4096 with the queue at its maximum size. A
-// zero pfn disables the queue.
-func (c *Common) SetQueuePFN(pfn uint32) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	q := c.selected()
-	if q == nil {
-		c.guestFault("queue PFN for out-of-range queue %d", c.queueSel)
-		return
-	}
-	if c.latched("queue PFN") {
-		return
-	}
-	if pfn == 0 {
-		q.enabled = false
-		q.cfg = QueueConfig{Size: q.max}
-		return
-	}
-	n := uint64(q.max)
-	desc := uint64(pfn) * LegacyPageSize
-	avail := desc + descSize*n
-	used := (avail + 6 + 2*n + LegacyPageSize - 1) &^ (LegacyPageSize - 1)
-	q.cfg = QueueConfig{Size: q.max, DescAddr: desc, AvailAddr: avail, UsedAddr: used}
-	q.enabled = true
-}
-
-// QueueVector returns the selected queue's MSI-X vector.
-func (c *Common) QueueVector() uint16 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if q := c.selected(); q != nil {
-		return q.vector
-	}
-	return NoVector
-}
-
-// SetQueueVector sets the selected queue's MSI-X vector. The transport
-// checks the vector against its table first and passes NoVector for one
-// out of range.
-func (c *Common) SetQueueVector(v uint16) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if q := c.selected(); q != nil {
-		q.vector = v
-	} else {
-		c.guestFault("queue vector for out-of-range queue %d", c.queueSel)
-	}
-}
-
-// Vector returns queue q's MSI-X vector.
-func (c *Common) Vector(q int) uint16 {
+// Queue returns queue q's configuration and whether it is enabled (the
+// zero values if there is no such queue).
+func (c *Common) Queue(q int) (cfg QueueConfig, enabled bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if q < 0 || q >= len(c.queues) {
-		return NoVector
+		return QueueConfig{}, false
 	}
-	return c.queues[q].vector
+	s := c.queues[q]
+	return s.cfg, s.enabled
 }
 
-// ConfigVector returns the configuration-change MSI-X vector.
-func (c *Common) ConfigVector() uint16 {
+// SetQueue configures queue q. what names the register written, for the
+// fault log. A write after DRIVER_OK is ignored and counted; a size that is
+// zero, larger than the maximum or not a power of two is refused; a queue
+// out of range is a driver mistake.
+func (c *Common) SetQueue(q int, cfg QueueConfig, enabled bool, what string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.configVector
-}
-
-// SetConfigVector sets the configuration-change MSI-X vector.
-func (c *Common) SetConfigVector(v uint16) {
-	c.mu.Lock()
-	c.configVector = v
-	c.mu.Unlock()
-}
-
-// commonTransport is Common as the device sees it.
-type commonTransport Common
-
-func (t *commonTransport) Notify(q int) {
-	if q >= 0 && q < len(t.notices) {
-		t.notices[q].Add(1)
+	if q < 0 || q >= len(c.queues) {
+		c.guestFault("%s of queue %d, which does not exist", what, q)
+		return
 	}
-	t.irq.QueueInterrupt(q)
-}
-
-// Notifications returns how many used-buffer notifications the device sent
-// for each queue since it was created.
-func (c *Common) Notifications() []uint64 {
-	out := make([]uint64, len(c.notices))
-	for i := range c.notices {
-		out[i] = c.notices[i].Load()
+	if c.status&StatusDriverOK != 0 || c.active {
+		c.ignored.Add(1)
+		c.guestFault("%s written after DRIVER_OK (ignored)", what)
+		return
 	}
-	return out
-}
-
-func (t *commonTransport) ConfigChanged() {
-	c := (*Common)(t)
-	c.generation.Add(1)
-	c.irq.ConfigInterrupt()
-}
-
-func (t *commonTransport) NeedsReset(reason error) {
-	c := (*Common)(t)
-	c.faults.Add(1)
-	c.log.Warn("virtio device needs reset", "device", c.dev.Type(), "err", reason)
-	if !c.needsReset.Swap(true) {
-		c.irq.ConfigInterrupt()
+	s := &c.queues[q]
+	if n := cfg.Size; n == 0 || n > s.max || n&(n-1) != 0 {
+		c.guestFault("queue %d size %d invalid (max %d)", q, n, s.max)
+		return
 	}
+	s.cfg, s.enabled = cfg, enabled
 }

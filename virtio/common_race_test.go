@@ -34,10 +34,11 @@ func (d *runningDev) Activate(a Activation) error {
 	return nil
 }
 
-type nopIRQ struct{}
+type nopTransport struct{}
 
-func (nopIRQ) QueueInterrupt(int) {}
-func (nopIRQ) ConfigInterrupt()   {}
+func (nopTransport) Notify(int)       {}
+func (nopTransport) ConfigChanged()   {}
+func (nopTransport) NeedsReset(error) {}
 
 // TestResetRacesDriverOK: a reset on one vCPU and DRIVER_OK on another,
 // while a third thread holds the state lock now and then (a preempted
@@ -56,21 +57,16 @@ func TestResetRacesDriverOK(t *testing.T) {
 	const up = StatusAcknowledge | StatusDriver | StatusFeaturesOK
 	for i := 0; i < 300; i++ {
 		dev := &runningDev{}
-		c, err := NewCommon(dev, mem, nopIRQ{}, nil)
+		c, err := NewCommon(dev, mem, nopTransport{}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		initialize := func() {
 			c.SetStatus(StatusAcknowledge)
 			c.SetStatus(StatusAcknowledge | StatusDriver)
-			c.DriverFeatureSelect(1)
-			c.SetDriverFeatures(uint32(FVersion1 >> 32))
+			c.SetDriverFeatures(1, uint32(FVersion1>>32))
 			c.SetStatus(up)
-			c.SelectQueue(0)
-			c.SetQueueAddr(QueueDesc, false, 0x10000)
-			c.SetQueueAddr(QueueAvail, false, 0x11000)
-			c.SetQueueAddr(QueueUsed, false, 0x12000)
-			c.SetQueueEnabled(true)
+			c.SetQueue(0, QueueConfig{Size: 8, DescAddr: 0x10000, AvailAddr: 0x11000, UsedAddr: 0x12000}, true, "queue")
 		}
 		initialize()
 		var wg sync.WaitGroup

@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/govmd/govmd/memory"
 	"github.com/govmd/govmd/virtio"
 	"github.com/govmd/govmd/virtio/virtiotest"
 )
@@ -36,38 +37,49 @@ func (d *fakeDev) ValidateFeatures(f uint64) error {
 	return nil
 }
 
-type fakeIRQ struct{ queue, config atomic.Int32 }
+// fakeTransport is a transport as the device sees it: NeedsReset marks
+// Common's status, as the PCI transport does.
+type fakeTransport struct {
+	c              *virtio.Common
+	queue, config  atomic.Int32
+	needsResetRuns atomic.Int32
+}
 
-func (i *fakeIRQ) QueueInterrupt(int) { i.queue.Add(1) }
-func (i *fakeIRQ) ConfigInterrupt()   { i.config.Add(1) }
+func (f *fakeTransport) Notify(int)     { f.queue.Add(1) }
+func (f *fakeTransport) ConfigChanged() { f.config.Add(1) }
+func (f *fakeTransport) NeedsReset(error) {
+	f.needsResetRuns.Add(1)
+	if f.c.MarkNeedsReset() {
+		f.config.Add(1)
+	}
+}
+
+func newCommon(t *testing.T, dev virtio.Device) (*virtio.Common, *fakeTransport, *memory.Memory) {
+	t.Helper()
+	tr := &fakeTransport{}
+	mem := newMem(t)
+	c, err := virtio.NewCommon(dev, mem, tr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.c = c
+	t.Cleanup(func() { c.Close() })
+	return c, tr, mem
+}
 
 func setupModern(t *testing.T, c *virtio.Common, r *virtiotest.Ring, features uint64) {
 	t.Helper()
 	c.SetStatus(virtio.StatusAcknowledge)
 	c.SetStatus(virtio.StatusAcknowledge | virtio.StatusDriver)
-	c.DriverFeatureSelect(0)
-	c.SetDriverFeatures(uint32(features))
-	c.DriverFeatureSelect(1)
-	c.SetDriverFeatures(uint32(features >> 32))
+	c.SetDriverFeatures(0, uint32(features))
+	c.SetDriverFeatures(1, uint32(features>>32))
 	c.SetStatus(virtio.StatusAcknowledge | virtio.StatusDriver | virtio.StatusFeaturesOK)
-	c.SelectQueue(0)
-	c.SetQueueSize(r.Size)
-	cfg := r.Config()
-	c.SetQueueAddr(virtio.QueueDesc, false, uint32(cfg.DescAddr))
-	c.SetQueueAddr(virtio.QueueAvail, false, uint32(cfg.AvailAddr))
-	c.SetQueueAddr(virtio.QueueUsed, false, uint32(cfg.UsedAddr))
-	c.SetQueueEnabled(true)
+	c.SetQueue(0, r.Config(), true, "queue")
 }
 
 func TestModernLifecycle(t *testing.T) {
-	mem := newMem(t)
 	dev := &fakeDev{features: virtio.FRingEventIdx | 1}
-	irq := &fakeIRQ{}
-	c, err := virtio.NewCommon(dev, mem, irq, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c, tr, mem := newCommon(t, dev)
 	r := virtiotest.NewRing(mem, 8, ringBase)
 	setupModern(t, c, r, virtio.FVersion1|virtio.FRingEventIdx|1)
 	if c.Status()&virtio.StatusFeaturesOK == 0 {
@@ -83,30 +95,32 @@ func TestModernLifecycle(t *testing.T) {
 	if dev.last.Features != virtio.FVersion1|virtio.FRingEventIdx|1 {
 		t.Fatalf("features = %#x", dev.last.Features)
 	}
+	if dev.last.Transport != virtio.Transport(tr) {
+		t.Fatal("the device did not get the transport")
+	}
 	// Latched: changing the queue size or address after DRIVER_OK is
 	// ignored (the CVE-2026-5747 class).
-	c.SelectQueue(0)
-	c.SetQueueSize(2)
-	c.SetQueueAddr(virtio.QueueDesc, false, 0x1234000)
-	if c.QueueSize() != 8 || c.QueueAddr(virtio.QueueDesc) != ringBase {
-		t.Fatalf("latched config changed: size %d desc %#x", c.QueueSize(), c.QueueAddr(virtio.QueueDesc))
+	c.SetQueue(0, virtio.QueueConfig{Size: 2, DescAddr: 0x1234000}, true, "queue size")
+	c.SetQueue(0, virtio.QueueConfig{Size: 8}, false, "queue enable")
+	if cfg, enabled := c.Queue(0); cfg.Size != 8 || cfg.DescAddr != ringBase || !enabled {
+		t.Fatalf("latched config changed: %+v enabled %v", cfg, enabled)
 	}
 	if c.IgnoredWrites() != 2 {
 		t.Fatalf("ignored writes = %d", c.IgnoredWrites())
 	}
-	// The device reports a fault.
+	// The device reports a fault: once signalled, however often.
 	dev.last.Transport.NeedsReset(errors.New("bad request"))
-	if c.Status()&virtio.StatusNeedsReset == 0 || irq.config.Load() != 1 {
-		t.Fatal("NEEDS_RESET not set or not signalled")
+	dev.last.Transport.NeedsReset(errors.New("bad request"))
+	if c.Status()&virtio.StatusNeedsReset == 0 || tr.config.Load() != 1 {
+		t.Fatal("NEEDS_RESET not set or not signalled once")
 	}
 	c.SetStatus(0)
-	if dev.resets.Load() != 1 || c.Status() != 0 || c.QueueEnabled() || c.AckedFeatures() != 0 {
+	if _, enabled := c.Queue(0); dev.resets.Load() != 1 || c.Status() != 0 || enabled || c.DriverFeatures() != 0 {
 		t.Fatal("reset incomplete")
 	}
 }
 
 func TestFeaturesOKRefused(t *testing.T) {
-	mem := newMem(t)
 	tests := []struct {
 		name     string
 		offered  uint64
@@ -125,11 +139,7 @@ func TestFeaturesOKRefused(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			dev := &fakeDev{features: tc.offered, validate: tc.validate}
-			c, err := virtio.NewCommon(dev, mem, &fakeIRQ{}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			c, _, mem := newCommon(t, dev)
 			r := virtiotest.NewRing(mem, 8, ringBase)
 			setupModern(t, c, r, tc.acked)
 			if c.Status()&virtio.StatusFeaturesOK != 0 {
@@ -143,36 +153,28 @@ func TestFeaturesOKRefused(t *testing.T) {
 	}
 }
 
-func TestLegacyPFN(t *testing.T) {
-	mem := newMem(t)
-	dev := &fakeDev{features: virtio.FVersion1 | virtio.FRingIndirect}
-	c, err := virtio.NewCommon(dev, mem, &fakeIRQ{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+func TestLegacyFeatures(t *testing.T) {
+	dev := &fakeDev{features: virtio.FVersion1 | virtio.FRingIndirect | 1<<40}
+	c, _, mem := newCommon(t, dev)
 	c.SetLegacy(true)
-	if c.DeviceFeatures() != virtio.FRingIndirect {
-		t.Fatalf("legacy features = %#x", c.DeviceFeatures())
+	if got := c.OfferedFeatures(true); got != virtio.FRingIndirect {
+		t.Fatalf("legacy features = %#x", got)
+	}
+	c.SetStatus(virtio.StatusAcknowledge | virtio.StatusDriver)
+	c.SetDriverFeatures(0, virtio.FRingIndirect)
+	c.SetDriverFeatures(1, 1<<8) // no upper word for a legacy driver
+	c.SetDriverFeatures(2, 1)    // no such word: a fault
+	if c.DriverFeatures() != virtio.FRingIndirect || c.Faults() != 1 {
+		t.Fatalf("features %#x, faults %d", c.DriverFeatures(), c.Faults())
+	}
+	c.SetQueue(5, virtio.QueueConfig{Size: 8}, true, "queue PFN") // out of range: ignored and counted
+	if c.Faults() != 2 {
+		t.Fatal("out-of-range queue not counted")
 	}
 	r := virtiotest.NewRing(mem, 8, ringBase)
-	c.SetStatus(virtio.StatusAcknowledge | virtio.StatusDriver)
-	c.SetDriverFeatures(virtio.FRingIndirect)
-	c.SelectQueue(0)
-	c.SetQueuePFN(ringBase / 4096)
-	if got := c.QueuePFN(); got != ringBase/4096 {
-		t.Fatalf("pfn = %#x", got)
-	}
-	c.SelectQueue(5) // out of range: ignored and counted
-	c.SetQueuePFN(1)
-	if c.Faults() == 0 {
-		t.Fatal("out-of-range queue select not counted")
-	}
+	c.SetQueue(0, r.Config(), true, "queue PFN")
 	c.SetStatus(virtio.StatusAcknowledge | virtio.StatusDriver | virtio.StatusDriverOK)
-	if dev.activated.Load() != 1 {
-		t.Fatal("legacy device not activated")
-	}
-	if got := dev.last.Queues[0].Config(); got != r.Config() {
-		t.Fatalf("legacy layout %+v, want %+v", got, r.Config())
+	if dev.activated.Load() != 1 || dev.last.Features != virtio.FRingIndirect {
+		t.Fatalf("legacy device not activated (%d) or features %#x", dev.activated.Load(), dev.last.Features)
 	}
 }

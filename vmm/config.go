@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"github.com/govmd/govmd/devices/blk"
+	vnet "github.com/govmd/govmd/devices/net"
+	"github.com/govmd/govmd/virtio/pcitransport"
 )
 
 // Config describes one VM. The zero values of optional fields are
@@ -32,11 +34,12 @@ type Config struct {
 	Nets  []NetConfig
 	Disks []DiskConfig
 
-	// CPUProfile selects the CPU the guest sees: "auto" (default: detect
-	// the host), "host" (everything KVM supports), "pvm" (avoid what a
-	// software-nested PVM host cannot emulate) or "bare" (no hypervisor
-	// bit and no KVM paravirtual leaves: for KVM nested on QEMU TCG).
-	CPUProfile string
+	// CPUProfile selects the CPU the guest sees: ProfileAuto (default:
+	// detect the host), ProfileHost (everything KVM supports), ProfilePVM
+	// (avoid what a software-nested PVM host cannot emulate) or
+	// ProfileBare (no hypervisor bit and no KVM paravirtual leaves: for
+	// KVM nested on QEMU TCG).
+	CPUProfile CPUProfile
 
 	// GuestProfile, if set, is a file to which Run writes where the
 	// vCPUs spent their time: each vCPU's RIP is sampled every 10 ms
@@ -50,18 +53,18 @@ type Config struct {
 // NetConfig is one virtio-net NIC backed by a tap.
 type NetConfig struct {
 	Tap       string
-	MAC       net.HardwareAddr // default: derived from the tap name and index
-	Transport string           // "transitional" (default), "modern" or "legacy"
-	Offload   string           // "on" (default), "off" or "csum"
-	Locked    bool             // drop spoofed source MACs, filter received frames
+	MAC       net.HardwareAddr  // default: 52:54:00:12:34:56 + the NIC's index
+	Transport pcitransport.Mode // default: transitional
+	Offload   vnet.OffloadMode  // default: on
+	Locked    bool              // drop spoofed source MACs, filter received frames
 }
 
 // DiskConfig is one virtio-blk disk backed by a raw image.
 type DiskConfig struct {
 	Path      string
 	ReadOnly  bool
-	Serial    string // default: derived from the file name
-	Transport string // "transitional" (default), "modern" or "legacy"
+	Serial    string            // default: derived from the file name
+	Transport pcitransport.Mode // default: transitional
 	// Queues is the number of request queues (VIRTIO_BLK_F_MQ with more
 	// than one); 0 means one per vCPU, at most DefaultDiskQueues, as
 	// QEMU does: each vCPU then completes its own requests.
@@ -84,6 +87,12 @@ var ErrConfig = errors.New("invalid configuration")
 
 func configErr(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrConfig, fmt.Sprintf(format, args...))
+}
+
+// configWrap is configErr with a cause, kept in the chain (errors.Is finds
+// both ErrConfig and, say, fs.ErrNotExist or boot.ErrKernelTooLarge).
+func configWrap(cause error, format string, args ...any) error {
+	return fmt.Errorf("%w: %s: %w", ErrConfig, fmt.Sprintf(format, args...), cause)
 }
 
 // Validate checks the configuration and fills in defaults. It opens no
@@ -115,12 +124,8 @@ func (c *Config) Validate() error {
 	if c.CPUs < 1 || c.CPUs > MaxCPUs {
 		return configErr("cpus %d is out of range (1 to %d)", c.CPUs, MaxCPUs)
 	}
-	switch c.CPUProfile {
-	case "":
-		c.CPUProfile = "auto"
-	case "auto", "host", "pvm", "bare":
-	default:
-		return configErr("cpu profile %q is not one of auto, host, pvm, bare", c.CPUProfile)
+	if _, err := ParseCPUProfile(c.CPUProfile.String()); err != nil {
+		return configWrap(err, "--cpu-profile")
 	}
 	if len(c.Nets)+len(c.Disks) > maxDevices {
 		return configErr("too many devices (%d, at most %d)", len(c.Nets)+len(c.Disks), maxDevices)
@@ -131,6 +136,12 @@ func (c *Config) Validate() error {
 		if taps[n.Tap] {
 			return configErr("tap %q used by two NICs", n.Tap)
 		}
+		if err := validMode(n.Transport); err != nil {
+			return configWrap(err, "--net %s", n.Tap)
+		}
+		if _, err := vnet.ParseOffloadMode(n.Offload.String()); err != nil {
+			return configWrap(err, "--net %s", n.Tap)
+		}
 		taps[n.Tap] = true
 		if n.MAC == nil {
 			n.MAC = defaultMAC(i)
@@ -140,6 +151,9 @@ func (c *Config) Validate() error {
 		d := &c.Disks[i]
 		if err := readable(d.Path, "disk"); err != nil {
 			return err
+		}
+		if err := validMode(d.Transport); err != nil {
+			return configWrap(err, "--disk %s", d.Path)
 		}
 		if d.Queues < 0 || d.Queues > blk.MaxQueues {
 			return configErr("disk %s: %d queues (want 1 to %d)", d.Path, d.Queues, blk.MaxQueues)
@@ -172,7 +186,7 @@ func (c *Config) loadLimit() int64 { return int64(min(c.Memory, maxImage)) }
 func imageSize(path, what string, limit int64) (int64, error) {
 	st, err := os.Stat(path)
 	if err != nil {
-		return 0, configErr("%s %s: %v", what, path, unwrapPathErr(err))
+		return 0, configWrap(unwrapPathErr(err), "%s %s", what, path)
 	}
 	if !st.Mode().IsRegular() {
 		return 0, configErr("%s %s is not a regular file (%s)", what, path, fileKind(st.Mode()))
@@ -192,12 +206,12 @@ func readImage(path, what string, limit int64) ([]byte, error) {
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, configErr("%s %s: %v", what, path, unwrapPathErr(err))
+		return nil, configWrap(unwrapPathErr(err), "%s %s", what, path)
 	}
 	defer f.Close()
 	b, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
-		return nil, configErr("%s %s: %v", what, path, unwrapPathErr(err))
+		return nil, configWrap(unwrapPathErr(err), "%s %s", what, path)
 	}
 	if int64(len(b)) > limit {
 		return nil, configErr("%s %s grew past %s while being read", what, path, FormatSize(uint64(limit)))
@@ -222,15 +236,24 @@ func fileKind(m os.FileMode) string {
 	return m.Type().String()
 }
 
+// validMode checks a transport mode a library caller may have set to any
+// integer.
+func validMode(m pcitransport.Mode) error {
+	if m == pcitransport.Transitional || m == pcitransport.Modern || m == pcitransport.Legacy {
+		return nil
+	}
+	return fmt.Errorf("unknown virtio transport %s", m)
+}
+
 func readable(path, what string) error {
 	f, err := os.Open(path)
 	if err != nil {
-		return configErr("%s %s: %v", what, path, unwrapPathErr(err))
+		return configWrap(unwrapPathErr(err), "%s %s", what, path)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return configErr("%s %s: %v", what, path, err)
+		return configWrap(err, "%s %s", what, path)
 	}
 	if st.IsDir() {
 		return configErr("%s %s is a directory", what, path)
@@ -294,7 +317,7 @@ func FormatSize(n uint64) string {
 // ParseNet parses a --net value:
 // tap=NAME[,mac=XX:..][,transport=transitional|modern|legacy][,offload=on|off|csum][,locked]
 func ParseNet(s string) (NetConfig, error) {
-	n := NetConfig{Transport: "transitional", Offload: "on"}
+	n := NetConfig{Transport: pcitransport.Transitional, Offload: vnet.OffloadOn}
 	for _, kv := range splitOpts(s) {
 		k, v, hasV := strings.Cut(kv, "=")
 		switch k {
@@ -313,15 +336,13 @@ func ParseNet(s string) (NetConfig, error) {
 			}
 			n.MAC = mac
 		case "transport":
-			if v != "transitional" && v != "modern" && v != "legacy" {
+			if err := n.Transport.UnmarshalText([]byte(v)); err != nil || v == "" {
 				return n, configErr("--net: transport %q is not one of transitional, modern, legacy", v)
 			}
-			n.Transport = v
 		case "offload":
-			if v != "on" && v != "off" && v != "csum" {
+			if err := n.Offload.UnmarshalText([]byte(v)); err != nil {
 				return n, configErr("--net: offload %q is not one of on, off, csum", v)
 			}
-			n.Offload = v
 		case "locked":
 			if hasV && v != "on" && v != "true" {
 				return n, configErr("--net: locked takes no value")
@@ -344,7 +365,7 @@ func ParseDisk(s string) (DiskConfig, error) {
 	if len(opts) == 0 || opts[0] == "" || strings.Contains(opts[0], "=") && !strings.HasPrefix(opts[0], "path=") && !fileExists(opts[0]) {
 		return DiskConfig{}, configErr("--disk %q: the first field must be the image path", s)
 	}
-	d := DiskConfig{Path: strings.TrimPrefix(opts[0], "path="), Transport: "transitional"}
+	d := DiskConfig{Path: strings.TrimPrefix(opts[0], "path="), Transport: pcitransport.Transitional}
 	for _, kv := range opts[1:] {
 		k, v, _ := strings.Cut(kv, "=")
 		switch k {
@@ -356,10 +377,9 @@ func ParseDisk(s string) (DiskConfig, error) {
 			}
 			d.Serial = v
 		case "transport":
-			if v != "transitional" && v != "modern" && v != "legacy" {
+			if err := d.Transport.UnmarshalText([]byte(v)); err != nil || v == "" {
 				return d, configErr("--disk: transport %q is not one of transitional, modern, legacy", v)
 			}
-			d.Transport = v
 		case "queues":
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 1 || n > blk.MaxQueues {

@@ -5,6 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	vnet "github.com/govmd/govmd/devices/net"
+	"github.com/govmd/govmd/virtio/pcitransport"
 )
 
 func TestParseSize(t *testing.T) {
@@ -31,9 +34,9 @@ func TestParseNet(t *testing.T) {
 		want NetConfig
 		ok   bool
 	}{
-		{"tap=tap0", NetConfig{Tap: "tap0", Transport: "transitional", Offload: "on"}, true},
-		{"tap=t1,transport=legacy,offload=csum,locked", NetConfig{Tap: "t1", Transport: "legacy", Offload: "csum", Locked: true}, true},
-		{"tap=t1,mac=02:00:00:00:00:01,transport=modern,offload=off", NetConfig{Tap: "t1", Transport: "modern", Offload: "off"}, true},
+		{"tap=tap0", NetConfig{Tap: "tap0", Transport: pcitransport.Transitional, Offload: vnet.OffloadOn}, true},
+		{"tap=t1,transport=legacy,offload=csum,locked", NetConfig{Tap: "t1", Transport: pcitransport.Legacy, Offload: vnet.OffloadCsum, Locked: true}, true},
+		{"tap=t1,mac=02:00:00:00:00:01,transport=modern,offload=off", NetConfig{Tap: "t1", Transport: pcitransport.Modern, Offload: vnet.OffloadOff}, true},
 		{"", NetConfig{}, false},
 		{"mac=02:00:00:00:00:01", NetConfig{}, false},
 		{"tap=", NetConfig{}, false},
@@ -125,7 +128,7 @@ func TestValidate(t *testing.T) {
 		{"memory not MiB", Config{Kernel: kernel, Memory: 64<<20 + 1}, false},
 		{"cpus negative", Config{Kernel: kernel, CPUs: -1}, false},
 		{"cpus too many", Config{Kernel: kernel, CPUs: 65}, false},
-		{"bad profile", Config{Kernel: kernel, CPUProfile: "fast"}, false},
+		{"bad profile", Config{Kernel: kernel, CPUProfile: CPUProfile(9)}, false},
 		{"duplicate tap", Config{Kernel: kernel, Nets: []NetConfig{{Tap: "a"}, {Tap: "a"}}}, false},
 		{"missing disk", Config{Kernel: kernel, Disks: []DiskConfig{{Path: filepath.Join(dir, "nope")}}}, false},
 		{"disk queues too many", Config{Kernel: kernel, Disks: []DiskConfig{{Path: kernel, Queues: 65}}}, false},

@@ -95,7 +95,7 @@ func TestResolveProfile(t *testing.T) {
 	tcgHost := func() kvm.HostProfile { return kvm.HostProfile{Bare: true, Reason: "test"} }
 	hw := func() kvm.HostProfile { return kvm.HostProfile{Reason: "test"} }
 	for _, tc := range []struct {
-		profile string
+		profile CPUProfile
 		detect  func() kvm.HostProfile
 		want    guestProfile
 	}{
@@ -314,4 +314,36 @@ func TestINTxLineResample(t *testing.T) {
 	l.Close()
 	<-done
 	var _ *eventfd.EventFD = l.fd
+}
+
+func TestCPUProfileText(t *testing.T) {
+	for _, p := range []CPUProfile{ProfileAuto, ProfileHost, ProfilePVM, ProfileBare} {
+		b, _ := p.MarshalText()
+		var q CPUProfile
+		if err := q.UnmarshalText(b); err != nil || q != p {
+			t.Errorf("%v: round trip gave %v, %v", p, q, err)
+		}
+	}
+	var q CPUProfile
+	if err := q.UnmarshalText([]byte("fast")); err == nil {
+		t.Error("fast accepted")
+	}
+}
+
+func TestExitStats(t *testing.T) {
+	s := exitStats{perCPU: make([]vcpuExits, 2)}
+	s.perCPU[0].add(kvm.ExitIO)
+	s.perCPU[1].add(kvm.ExitIO)
+	s.perCPU[1].add(kvm.ExitMMIO)
+	s.perCPU[0].add(kvm.ExitReason(1000)) // beyond the table: the last counter
+	if !s.emulatedInsn("clac") || s.emulatedInsn("clac") {
+		t.Error("first emulated clac not reported once")
+	}
+	got := s.byReason()
+	if got[kvm.ExitIO] != 2 || got[kvm.ExitMMIO] != 1 || got[maxCountedExit] != 1 || len(got) != 3 {
+		t.Errorf("byReason = %v", got)
+	}
+	if str := s.String(); !strings.Contains(str, "IO=2") || !strings.Contains(str, "MMIO=1") || !strings.Contains(str, "emulated_clac=2") {
+		t.Errorf("String = %q", str)
+	}
 }

@@ -1,16 +1,54 @@
 package vmm
 
 import (
+	"fmt"
+
 	"github.com/govmd/govmd/kvm"
 )
 
-// CPU profiles (Config.CPUProfile).
+// CPUProfile selects the CPU the guest sees (Config.CPUProfile).
+type CPUProfile int
+
+// CPU profiles.
 const (
-	ProfileAuto = "auto" // detect the host
-	ProfileHost = "host" // everything KVM supports
-	ProfilePVM  = "pvm"  // avoid what a software-nested PVM host cannot run
-	ProfileBare = "bare" // no hypervisor bit, no KVM paravirtual leaves
+	ProfileAuto CPUProfile = iota // detect the host
+	ProfileHost                   // everything KVM supports
+	ProfilePVM                    // avoid what a software-nested PVM host cannot run
+	ProfileBare                   // no hypervisor bit, no KVM paravirtual leaves
 )
+
+var profileNames = []string{"auto", "host", "pvm", "bare"}
+
+// ParseCPUProfile parses auto, host, pvm or bare.
+func ParseCPUProfile(s string) (CPUProfile, error) {
+	for i, n := range profileNames {
+		if s == n {
+			return CPUProfile(i), nil
+		}
+	}
+	return 0, fmt.Errorf("cpu profile %q is not one of auto, host, pvm, bare", s)
+}
+
+// String returns the profile's name as ParseCPUProfile accepts it.
+func (p CPUProfile) String() string {
+	if p >= 0 && int(p) < len(profileNames) {
+		return profileNames[p]
+	}
+	return fmt.Sprintf("CPUProfile(%d)", int(p))
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (p CPUProfile) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler (for flags and
+// configuration files).
+func (p *CPUProfile) UnmarshalText(b []byte) error {
+	v, err := ParseCPUProfile(string(b))
+	if err == nil {
+		*p = v
+	}
+	return err
+}
 
 // guestProfile is what resolveProfile decided for the guest's CPUID.
 type guestProfile struct {
@@ -164,7 +202,7 @@ func guestCPUID(supported []kvm.CPUIDEntry, id, n int, p guestProfile) []kvm.CPU
 
 // resolveProfile turns Config.CPUProfile into the guest profile, with the
 // reason for logs.
-func resolveProfile(profile string, detect func() kvm.HostProfile) (guestProfile, string) {
+func resolveProfile(profile CPUProfile, detect func() kvm.HostProfile) (guestProfile, string) {
 	switch profile {
 	case ProfileHost:
 		return guestProfile{}, "--cpu-profile host"

@@ -14,38 +14,41 @@ import (
 	"github.com/govmd/govmd/virtio/pcitransport"
 )
 
-// nic is one virtio-net PCI function and its tap.
-type nic struct {
-	cfg  NetConfig
-	tap  *tap.Tap
-	dev  *vnet.Device
-	tr   *pcitransport.Transport
-	intx *intxLine
-	slot int
+// pciDevice is one virtio PCI function of the VM: the device model, its
+// transport, its INTx line and slot, and how it names itself in logs. NICs,
+// disks and every other virtio device are this one type, created by
+// addVirtio and handled by the same loops.
+type pciDevice struct {
+	kind  string // "nic", "disk", ...: the log key
+	index int    // among the devices of its kind, in command-line order
+	name  string // what the user named it: the tap, the image path
+	dev   virtio.Device
+	stats func() fmt.Stringer // the device's counters
+	tr    *pcitransport.Transport
+	intx  *intxLine
+	slot  int
 }
 
-// disk is one virtio-blk PCI function and its image.
-type disk struct {
-	cfg  DiskConfig
-	dev  *blk.Device
-	tr   *pcitransport.Transport
-	intx *intxLine
-	slot int
+// openedDisk is a disk image opened before KVM is touched (its errors are
+// about the user's files).
+type openedDisk struct {
+	cfg DiskConfig
+	dev *blk.Device
 }
 
 // openDisks opens every disk image. Its errors are about the user's
 // files and wrap ErrConfig.
-func openDisks(cfg Config) ([]*disk, error) {
-	var out []*disk
+func openDisks(cfg Config) ([]openedDisk, error) {
+	var out []openedDisk
 	for _, dc := range cfg.Disks {
 		d, err := blk.Open(dc.Path, blk.Options{ReadOnly: dc.ReadOnly, Serial: dc.Serial, Queues: dc.Queues, Log: cfg.Log})
 		if err != nil {
 			for _, o := range out {
 				o.dev.Close()
 			}
-			return nil, configErr("%v", err)
+			return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 		}
-		out = append(out, &disk{cfg: dc, dev: d})
+		out = append(out, openedDisk{cfg: dc, dev: d})
 	}
 	return out, nil
 }
@@ -61,118 +64,89 @@ func (d doorbells) RemoveDoorbell(io bool, addr uint64, size int, dm *uint64, fd
 	return d.vm.RemoveIOEventFD(fd.FD(), kvm.IOEvent{Addr: addr, Len: uint32(size), PIO: io, DataMatch: dm})
 }
 
-// transportFor builds the PCI function for dev in slot: an MSI-X sink with
-// a vector per queue plus config, an INTx line on the slot's routed GSI.
-func (v *VM) transportFor(dev virtio.Device, mode string, slot int) (*pcitransport.Transport, *intxLine, error) {
-	m, err := pcitransport.ParseMode(mode)
-	if err != nil {
-		return nil, nil, configErr("%v", err)
-	}
+// addVirtio puts dev in the next free PCI slot behind a virtio PCI
+// transport in mode: an MSI-X sink with a vector per queue plus config, an
+// INTx line on the slot's routed GSI.
+func (v *VM) addVirtio(kind, name string, dev virtio.Device, stats func() fmt.Stringer, mode pcitransport.Mode) error {
+	slot := len(v.devices) + 1
 	sink, err := newMSIXSink(v.kvm, v.router, len(dev.QueueSizes())+1, v.log)
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
 	v.closers = append(v.closers, sink.Close)
 	line, err := newINTxLine(v.kvm, pci.INTxRoute(slot, pci.PinA))
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
 	v.closers = append(v.closers, line.Close)
 	tr, err := pcitransport.New(pcitransport.Config{
-		Mode: m, Device: dev, Mem: v.mem, MSIX: sink, INTx: line,
+		Mode: mode, Device: dev, Mem: v.mem, MSIX: sink, INTx: line,
 		Doorbells: doorbells{v.kvm}, Log: v.log,
 	})
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
 	v.closers = append(v.closers, tr.Close)
 	if _, err := v.root.AddDevice(slot, tr); err != nil {
-		return nil, nil, err
+		return err
 	}
-	return tr, line, nil
+	index := 0
+	for _, d := range v.devices {
+		if d.kind == kind {
+			index++
+		}
+	}
+	v.devices = append(v.devices, &pciDevice{kind: kind, index: index, name: name, dev: dev, stats: stats, tr: tr, intx: line, slot: slot})
+	v.log.Debug("virtio device", "kind", kind, "name", name, "slot", slot, "transport", mode)
+	return nil
 }
 
 // addPCIDevices opens the taps and adds the NICs, then the disks, in
 // slots 1, 2, ... in command-line order.
-func (v *VM) addPCIDevices(disks []*disk) error {
-	slot := 1
+func (v *VM) addPCIDevices(disks []openedDisk) error {
 	for i, nc := range v.cfg.Nets {
 		t, err := tap.Open(nc.Tap)
 		if err != nil {
 			return fmt.Errorf("--net %s: %w", nc.Tap, err)
 		}
 		v.closers = append(v.closers, t.Close)
-		mode, err := vnet.ParseOffloadMode(nc.Offload)
-		if err != nil {
-			return configErr("--net %s: %v", nc.Tap, err)
-		}
-		dev, err := vnet.New(t, vnet.Config{MAC: nc.MAC, Offload: mode, Locked: nc.Locked, Log: v.log.With("nic", i, "tap", t.Name())})
+		dev, err := vnet.New(t, vnet.Config{MAC: nc.MAC, Offload: nc.Offload, Locked: nc.Locked, Log: v.log.With("nic", i, "tap", t.Name())})
 		if err != nil {
 			return fmt.Errorf("--net %s: %w", nc.Tap, err)
 		}
 		v.closers = append(v.closers, dev.Close)
-		tr, line, err := v.transportFor(dev, nc.Transport, slot)
-		if err != nil {
+		stats := func() fmt.Stringer { return dev.Stats() }
+		if err := v.addVirtio("nic", t.Name(), dev, stats, nc.Transport); err != nil {
 			return fmt.Errorf("--net %s: %w", nc.Tap, err)
 		}
-		v.nics = append(v.nics, &nic{cfg: nc, tap: t, dev: dev, tr: tr, intx: line, slot: slot})
 		created := "existing"
 		if !t.Existed() {
 			created = "created"
 		}
-		v.log.Debug("nic", "slot", slot, "tap", t.Name(), "tap_state", created, "mac", dev.MAC(), "transport", nc.Transport)
-		slot++
+		v.log.Debug("nic", "tap", t.Name(), "tap_state", created, "mac", dev.MAC())
 	}
 	for _, d := range disks {
-		tr, line, err := v.transportFor(d.dev, d.cfg.Transport, slot)
-		if err != nil {
+		stats := func() fmt.Stringer { return d.dev.Stats() }
+		if err := v.addVirtio("disk", d.cfg.Path, d.dev, stats, d.cfg.Transport); err != nil {
 			return fmt.Errorf("--disk %s: %w", d.cfg.Path, err)
 		}
-		d.tr, d.intx, d.slot = tr, line, slot
-		v.disks = append(v.disks, d)
-		slot++
 	}
 	return nil
 }
 
 // serveINTx starts the resample loops of every INTx line.
 func (v *VM) serveINTx() {
-	for _, n := range v.nics {
-		go n.intx.serveResample(n.tr.Resample)
-	}
-	for _, d := range v.disks {
+	for _, d := range v.devices {
 		go d.intx.serveResample(d.tr.Resample)
 	}
-}
-
-// NICStats returns the counters of every NIC, in command-line order.
-func (v *VM) NICStats() []vnet.Stats {
-	out := make([]vnet.Stats, len(v.nics))
-	for i, n := range v.nics {
-		out[i] = n.dev.Stats()
-	}
-	return out
-}
-
-// DiskStats returns the counters of every disk, in command-line order.
-func (v *VM) DiskStats() []blk.Stats {
-	out := make([]blk.Stats, len(v.disks))
-	for i, d := range v.disks {
-		out[i] = d.dev.Stats()
-	}
-	return out
 }
 
 // LogStats logs the exit counters and every device's counters.
 func (v *VM) LogStats() {
 	v.log.Info("vcpu exits", "counts", v.stats.String())
-	for i, n := range v.nics {
-		v.log.Info("nic stats", "nic", i, "tap", n.tap.Name(), "transport_faults", n.tr.Faults(), "stats", n.dev.Stats().String())
-		v.logRings("nic", i, n.tr)
-	}
-	for i, d := range v.disks {
-		v.log.Info("disk stats", "disk", i, "path", d.cfg.Path, "transport_faults", d.tr.Faults(), "stats", d.dev.Stats().String())
-		v.logRings("disk", i, d.tr)
+	for _, d := range v.devices {
+		v.log.Info(d.kind+" stats", d.kind, d.index, "name", d.name, "transport_faults", d.tr.Faults(), "stats", d.stats().String())
+		v.logRings(d)
 	}
 	if dropped := v.uart.Dropped(); dropped > 0 {
 		v.log.Info("serial input dropped", "bytes", dropped)
@@ -181,7 +155,8 @@ func (v *VM) LogStats() {
 
 // logRings logs the ring indices of an active device's queues (debug
 // level): a stuck queue shows as avail_idx ahead of used_idx.
-func (v *VM) logRings(kind string, i int, tr *pcitransport.Transport) {
+func (v *VM) logRings(d *pciDevice) {
+	tr := d.tr
 	m := tr.MSIX()
 	var vecs []string
 	for vec := 0; vec < m.Vectors(); vec++ {
@@ -194,11 +169,11 @@ func (v *VM) logRings(kind string, i int, tr *pcitransport.Transport) {
 		}
 		vecs = append(vecs, fmt.Sprintf("%d:%s", vec, st))
 	}
-	v.log.Debug("virtio msi-x", kind, i, "enabled", m.Enabled(), "vectors", strings.Join(vecs, " "))
-	notices := tr.Common().Notifications()
+	v.log.Debug("virtio msi-x", d.kind, d.index, "enabled", m.Enabled(), "vectors", strings.Join(vecs, " "))
+	notices := tr.Notifications()
 	for q, r := range tr.Common().RingStates() {
 		if r != nil {
-			v.log.Debug("virtio queue", kind, i, "queue", q, "rings", r.String(), "notifications", notices[q])
+			v.log.Debug("virtio queue", d.kind, d.index, "queue", q, "rings", r.String(), "notifications", notices[q])
 		}
 	}
 }

@@ -27,22 +27,25 @@ type vcpuThread struct {
 	sample atomic.Bool
 }
 
-// exitStats counts vCPU exits by reason and the instructions govmd carried
-// out for the host's emulator.
+// exitStats counts vCPU exits by reason, per vCPU (each vCPU's thread
+// writes only its own counters, with atomics: no lock on the exit path, and
+// the counts may be read while the vCPUs run), and the instructions govmd
+// carried out for the host's emulator (rare: under a lock).
 type exitStats struct {
+	perCPU []vcpuExits // by vCPU id; set before the vCPUs start
+
 	mu       sync.Mutex
-	reasons  map[kvm.ExitReason]uint64
 	emulated map[string]uint64
 }
 
-func (s *exitStats) exit(r kvm.ExitReason) {
-	s.mu.Lock()
-	if s.reasons == nil {
-		s.reasons = map[kvm.ExitReason]uint64{}
-	}
-	s.reasons[r]++
-	s.mu.Unlock()
-}
+// maxCountedExit bounds the exit reasons counted one by one; higher ones
+// (none that KVM gives x86 today) share the last counter.
+const maxCountedExit = 63
+
+// vcpuExits is one vCPU's exit counts by reason.
+type vcpuExits [maxCountedExit + 1]atomic.Uint64
+
+func (e *vcpuExits) add(r kvm.ExitReason) { e[min(r, maxCountedExit)].Add(1) }
 
 // emulatedInsn counts one emulated instruction and reports whether it was
 // the first of its kind.
@@ -56,16 +59,29 @@ func (s *exitStats) emulatedInsn(name string) bool {
 	return s.emulated[name] == 1
 }
 
+// byReason returns the exit counts summed over the vCPUs.
+func (s *exitStats) byReason() map[kvm.ExitReason]uint64 {
+	out := map[kvm.ExitReason]uint64{}
+	for i := range s.perCPU {
+		for r := range s.perCPU[i] {
+			if n := s.perCPU[i][r].Load(); n > 0 {
+				out[kvm.ExitReason(r)] += n
+			}
+		}
+	}
+	return out
+}
+
 func (s *exitStats) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	var parts []string
-	for r, n := range s.reasons {
+	for r, n := range s.byReason() {
 		parts = append(parts, fmt.Sprintf("%s=%d", strings.TrimPrefix(r.String(), "KVM_EXIT_"), n))
 	}
+	s.mu.Lock()
 	for name, n := range s.emulated {
 		parts = append(parts, fmt.Sprintf("emulated_%s=%d", name, n))
 	}
+	s.mu.Unlock()
 	sort.Strings(parts)
 	return strings.Join(parts, " ")
 }
@@ -85,6 +101,7 @@ func (v *VM) Run(ctx context.Context) (Result, error) {
 		go v.consoleInput(ctx, v.cfg.ConsoleIn)
 	}
 
+	v.stats.perCPU = make([]vcpuExits, v.cfg.CPUs)
 	var wg sync.WaitGroup
 	ready := make(chan error, v.cfg.CPUs)
 	start := make(chan struct{})
@@ -232,6 +249,7 @@ func applyEntrySregs(s *kvm.Sregs, e *boot.CPUState) {
 // loop runs the vCPU until the VM stops or the vCPU fails.
 func (v *VM) loop(t *vcpuThread) error {
 	cpu := t.cpu
+	exits := &v.stats.perCPU[t.id]
 	for {
 		if v.stopping.Load() {
 			if v.endRes == ExitCanceled {
@@ -243,7 +261,7 @@ func (v *VM) loop(t *vcpuThread) error {
 		if err != nil {
 			return err
 		}
-		v.stats.exit(exit.Reason)
+		exits.add(exit.Reason)
 		switch exit.Reason {
 		case kvm.ExitIntr:
 			if err := cpu.SetImmediateExit(false); err != nil {

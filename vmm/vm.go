@@ -66,8 +66,7 @@ type VM struct {
 	entry  boot.CPUState
 	format boot.Format
 
-	nics  []*nic
-	disks []*disk
+	devices []*pciDevice // the virtio PCI functions, in slot order
 
 	closers []func() error // run in reverse order by Close
 
@@ -111,7 +110,7 @@ func New(cfg Config) (_ *VM, err error) {
 		return nil, err
 	}
 	if _, err := boot.Detect(kernel); err != nil {
-		return nil, configErr("kernel %s: %v", cfg.Kernel, err)
+		return nil, configWrap(err, "kernel %s", cfg.Kernel)
 	}
 	var initrd []byte
 	if cfg.Initrd != "" {
@@ -145,7 +144,7 @@ func New(cfg Config) (_ *VM, err error) {
 		Kernel: kernel, Initrd: initrd, Cmdline: cfg.Cmdline, RAM: ram, RSDP: rsdp,
 	})
 	if err != nil {
-		return nil, configErr("%v", err)
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	v.entry, v.format = loaded.Entry, loaded.Format
 	v.log.Debug("kernel loaded", "format", loaded.Format,
@@ -342,10 +341,7 @@ func (v *VM) Close() error {
 	}
 	v.closed = true
 	var errs []error
-	for _, n := range v.nics {
-		n.tr.RemoveDoorbells()
-	}
-	for _, d := range v.disks {
+	for _, d := range v.devices {
 		d.tr.RemoveDoorbells()
 	}
 	for i := len(v.closers) - 1; i >= 0; i-- {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,8 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/govmd/govmd/boot"
+	vnet "github.com/govmd/govmd/devices/net"
 	"github.com/govmd/govmd/internal/testkernel"
 	"github.com/govmd/govmd/kvm"
+	"github.com/govmd/govmd/virtio/pcitransport"
 )
 
 func writeFile(t *testing.T, name string, b []byte) string {
@@ -31,21 +35,27 @@ func TestNewRejectsBadInput(t *testing.T) {
 	good := testkernel.BzImage(testkernel.PowerOff(portPM1aCnt))
 	kernel := writeFile(t, "bzImage", good)
 	tests := []struct {
-		name string
-		cfg  Config
-		want string
+		name  string
+		cfg   Config
+		want  string
+		cause error // also in the chain, when not nil
 	}{
-		{"not a kernel", Config{Kernel: writeFile(t, "notes.txt", []byte("hello, this is text\n"))}, "neither a bzimage"},
-		{"truncated bzImage", Config{Kernel: writeFile(t, "short", good[:0x400])}, "truncated"},
-		{"ELF without PVH note", Config{Kernel: writeFile(t, "elf", append([]byte("\x7fELF\x02\x01\x01"), make([]byte, 120)...))}, "kernel"},
-		{"missing kernel", Config{Kernel: "/nonexistent/bzImage"}, "no such file"},
-		{"kernel is a directory", Config{Kernel: t.TempDir()}, "directory"},
-		{"initrd larger than memory", Config{Kernel: kernel, Initrd: writeFile(t, "big", make([]byte, 40<<20)), Memory: 32 << 20}, "initrd"},
-		{"memory too small", Config{Kernel: kernel, Memory: 1 << 20}, "memory"},
-		{"too many cpus", Config{Kernel: kernel, CPUs: 1000}, "cpus"},
-		{"bad profile", Config{Kernel: kernel, CPUProfile: "fast"}, "profile"},
-		{"missing disk", Config{Kernel: kernel, Disks: []DiskConfig{{Path: "/nonexistent.img"}}}, "disk"},
-		{"disk not a multiple of 512", Config{Kernel: kernel, Disks: []DiskConfig{{Path: writeFile(t, "odd.img", make([]byte, 1000)), Transport: "transitional"}}}, "512"},
+		{"not a kernel", Config{Kernel: writeFile(t, "notes.txt", []byte("hello, this is text\n"))}, "neither a bzimage", boot.ErrNotKernel},
+		{"truncated bzImage", Config{Kernel: writeFile(t, "short", good[:0x400])}, "truncated", boot.ErrTruncated},
+		{"ELF without PVH note", Config{Kernel: writeFile(t, "elf", append([]byte("\x7fELF\x02\x01\x01"), make([]byte, 120)...))}, "kernel", nil},
+		{"missing kernel", Config{Kernel: "/nonexistent/bzImage"}, "no such file", fs.ErrNotExist},
+		// Typed values a library caller can still get wrong: refused
+		// by Validate, before any KVM object or tap exists.
+		{"bad net transport", Config{Kernel: kernel, Nets: []NetConfig{{Tap: "nonexistent0", Transport: pcitransport.Mode(7)}}}, "transport", nil},
+		{"bad net offload", Config{Kernel: kernel, Nets: []NetConfig{{Tap: "nonexistent0", Offload: vnet.OffloadMode(7)}}}, "offload", nil},
+		{"bad disk transport", Config{Kernel: kernel, Disks: []DiskConfig{{Path: kernel, Transport: pcitransport.Mode(7)}}}, "transport", nil},
+		{"kernel is a directory", Config{Kernel: t.TempDir()}, "directory", nil},
+		{"initrd larger than memory", Config{Kernel: kernel, Initrd: writeFile(t, "big", make([]byte, 40<<20)), Memory: 32 << 20}, "initrd", nil},
+		{"memory too small", Config{Kernel: kernel, Memory: 1 << 20}, "memory", nil},
+		{"too many cpus", Config{Kernel: kernel, CPUs: 1000}, "cpus", nil},
+		{"bad profile", Config{Kernel: kernel, CPUProfile: CPUProfile(9)}, "profile", nil},
+		{"missing disk", Config{Kernel: kernel, Disks: []DiskConfig{{Path: "/nonexistent.img"}}}, "disk", fs.ErrNotExist},
+		{"disk not a multiple of 512", Config{Kernel: kernel, Disks: []DiskConfig{{Path: writeFile(t, "odd.img", make([]byte, 1000)), Transport: pcitransport.Transitional}}}, "512", nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -56,6 +66,9 @@ func TestNewRejectsBadInput(t *testing.T) {
 			}
 			if !errors.Is(err, ErrConfig) {
 				t.Fatalf("error %q does not wrap ErrConfig", err)
+			}
+			if tc.cause != nil && !errors.Is(err, tc.cause) {
+				t.Errorf("error %q does not wrap %v", err, tc.cause)
 			}
 			msg := err.Error()
 			if strings.Contains(msg, "\n") {

@@ -94,7 +94,7 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.Initrd, "initrd", "", "initramfs")
 	fs.StringVar(&cfg.Cmdline, "cmdline", "console=ttyS0", "kernel command line")
 	fs.IntVar(&cfg.CPUs, "cpus", 1, "number of vCPUs")
-	fs.StringVar(&cfg.CPUProfile, "cpu-profile", "auto", "auto, host, pvm or bare")
+	fs.TextVar(&cfg.CPUProfile, "cpu-profile", vmm.ProfileAuto, "auto, host, pvm or bare")
 	fs.StringVar(&cfg.GuestProfile, "guest-profile", "", "write where the vCPUs spent their time (RIP sampled every 10 ms, per kernel function) to this file at exit")
 	fs.Var(&nets, "net", "virtio-net NIC (repeatable)")
 	fs.Var(&disks, "disk", "virtio-blk disk (repeatable)")

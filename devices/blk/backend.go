@@ -1,9 +1,9 @@
 package blk
 
 import (
+	"context"
 	"errors"
 	"os"
-	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -134,9 +134,6 @@ func transferFull(be backend, write bool, iovs [][]byte, off int64) (int, error)
 	}
 }
 
-// errStopped aborts a long operation because the device is being reset.
-var errStopped = errors.New("device stopping")
-
 // zeros is the source of the write-zeroes fallback. It is never written.
 var zeros [64 << 10]byte
 
@@ -158,7 +155,7 @@ func (d *Device) discard(off, n int64) error {
 // writeZeroes makes a range read as zeros: by punching a hole if unmap is
 // allowed, else with FALLOC_FL_ZERO_RANGE, else by writing zeros. A mode the
 // file system refuses (EOPNOTSUPP) is not tried again.
-func (d *Device) writeZeroes(off, n int64, unmap bool, stop *atomic.Bool) error {
+func (d *Device) writeZeroes(ctx context.Context, off, n int64, unmap bool) error {
 	if unmap && !d.noPunch.Load() {
 		err := d.be.punchHole(off, n)
 		if !errors.Is(err, unix.EOPNOTSUPP) {
@@ -177,8 +174,8 @@ func (d *Device) writeZeroes(off, n int64, unmap bool, stop *atomic.Bool) error 
 	}
 	var iovs [16][]byte
 	for n > 0 {
-		if stop.Load() {
-			return errStopped
+		if err := ctx.Err(); err != nil {
+			return err
 		}
 		k := 0
 		chunk := int64(0)

@@ -36,7 +36,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/govmd/govmd/internal/eventfd"
 	"github.com/govmd/govmd/internal/ratelimit"
 	"github.com/govmd/govmd/virtio"
 )
@@ -179,12 +178,9 @@ type Device struct {
 
 	stats counters
 
-	mu      sync.Mutex // guards the fields below
+	mu      sync.Mutex // guards closed; held by Activate, Reset and Close
 	closed  bool
-	active  bool
-	stop    *atomic.Bool
-	kicks   []*eventfd.EventFD
-	workers sync.WaitGroup
+	workers virtio.Workers
 }
 
 var _ virtio.Device = (*Device)(nil)
@@ -429,7 +425,7 @@ func (d *Device) Activate(a virtio.Activation) error {
 	if d.closed {
 		return ErrClosed
 	}
-	if d.active {
+	if d.workers.Running() {
 		return errors.New("blk: already active")
 	}
 	n := 1
@@ -452,18 +448,18 @@ func (d *Device) Activate(a virtio.Activation) error {
 	d.cfg[cfgWriteback] = wb
 	d.cfgMu.Unlock()
 
-	d.stop = new(atomic.Bool)
-	d.kicks = d.kicks[:0]
+	var waits []virtio.Interruptible
 	for i := 0; i < n; i++ {
-		if a.Queues[i] == nil {
-			continue
+		if a.Queues[i] != nil {
+			waits = append(waits, a.Kicks[i])
 		}
-		w := newWorker(d, i, a, d.stop)
-		d.kicks = append(d.kicks, a.Kicks[i])
-		d.workers.Add(1)
-		go w.run(&d.workers)
 	}
-	d.active = true
+	ctx := d.workers.Start(waits...)
+	for i := 0; i < n; i++ {
+		if a.Queues[i] != nil {
+			d.workers.Go(ctx, newWorker(d, i, a).run)
+		}
+	}
 	return nil
 }
 
@@ -477,20 +473,10 @@ func (d *Device) Reset() {
 }
 
 func (d *Device) resetLocked() {
-	if !d.active {
+	if !d.workers.Running() {
 		return
 	}
-	d.stop.Store(true)
-	for _, k := range d.kicks {
-		k.Cancel()
-	}
-	d.workers.Wait()
-	for _, k := range d.kicks {
-		k.Resume()
-	}
-	d.kicks = d.kicks[:0]
-	d.stop = nil
-	d.active = false
+	d.workers.Stop()
 	d.cfgMu.Lock()
 	d.cfg[cfgWriteback] = 0
 	d.cfgMu.Unlock()

@@ -322,7 +322,7 @@ func TestActivateErrors(t *testing.T) {
 		}
 		var wb [1]byte
 		d.ReadConfig(cfgWriteback, wb[:])
-		if d.active || wb[0] != 0 {
+		if d.workers.Running() || wb[0] != 0 {
 			t.Fatal("failed activation left state behind")
 		}
 	}

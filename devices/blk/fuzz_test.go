@@ -1,6 +1,7 @@
 package blk
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"os"
@@ -214,8 +215,8 @@ func (r *fuzzRig) run(t *testing.T, in []byte) uint16 {
 	}
 	tr := &fuzzTransport{}
 	w := newWorker(r.d, 0, virtio.Activation{Features: features, Queues: []*virtio.Queue{q},
-		Kicks: make([]*eventfd.EventFD, 1), Transport: tr}, new(atomic.Bool))
-	_ = w.drain() // a broken queue is a guest error, reported to tr
+		Kicks: make([]*eventfd.EventFD, 1), Transport: tr})
+	_ = w.drain(context.Background()) // a broken queue is a guest error, reported to tr
 	if msg := r.cb.bad.Load(); msg != nil {
 		t.Fatal(*msg)
 	}

@@ -53,31 +53,14 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// transport is how the disk is presented (the PCI function's mode) and
-// which of its interfaces the test driver uses, with which interrupts.
-type transport struct {
-	name   string
-	mode   pcitransport.Mode
-	legacy bool // the driver uses the legacy I/O BAR
-	intx   bool // MSI-X disabled: INTx and the ISR
-}
-
-// transports are the ways a guest meets a virtio-blk PCI function: a
-// modern driver on a modern-only and on a transitional device, and a
-// legacy driver on a transitional and on a legacy-only device (MSI-X), and
-// a legacy driver with INTx.
-var transports = []transport{
-	{name: "modern", mode: pcitransport.Modern},
-	{name: "transitional", mode: pcitransport.Transitional},
-	{name: "transitional-legacy", mode: pcitransport.Transitional, legacy: true},
-	{name: "legacy", mode: pcitransport.Legacy, legacy: true},
-	{name: "legacy-intx", mode: pcitransport.Legacy, legacy: true, intx: true},
-}
+// transport is how the disk is presented and driven (the shared matrix
+// of the PCI transport's test driver).
+type transport = pcidriver.Mode
 
 // forTransports runs test once per transport.
 func forTransports(t *testing.T, test func(t *testing.T, tr transport)) {
-	for _, tr := range transports {
-		t.Run(tr.name, func(t *testing.T) { test(t, tr) })
+	for _, tr := range pcidriver.AllModes() {
+		t.Run(tr.Name, func(t *testing.T) { test(t, tr) })
 	}
 }
 
@@ -129,12 +112,12 @@ func newEnv(t testing.TB, cfg envConfig) *env {
 	}
 	e := &env{t: t, path: path, dev: dev, irq: pcidriver.NewIRQ(len(dev.QueueSizes()))}
 	e.mem = memory.FromBytes(memory.Region{GPA: 0, Host: make([]byte, testMemSize)})
-	e.tr, err = pcitransport.New(pcitransport.Config{Mode: cfg.transport.mode, Device: dev, Mem: e.mem, MSIX: e.irq, INTx: e.irq, Log: cfg.opts.Log})
+	e.tr, err = pcitransport.New(pcitransport.Config{Mode: cfg.transport.Transport, Device: dev, Mem: e.mem, MSIX: e.irq, INTx: e.irq, Log: cfg.opts.Log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.tr.Close() })
-	e.drv, err = pcidriver.New(e.tr, e.irq, pcidriver.Config{Legacy: cfg.transport.legacy, INTx: cfg.transport.intx})
+	e.drv, err = pcidriver.New(e.tr, e.irq, cfg.transport.Config)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -247,7 +247,7 @@ func (w *worker) discardOrZero(r *request) result {
 		return w.fault("%s with %d segments (max %d)", name, nseg, maxSeg)
 	}
 	buf := w.segBuf[:nseg*segmentSize]
-	gather(buf, r.in)
+	virtio.Gather(buf, r.in, 0)
 	var total uint64
 	for i := uint64(0); i < nseg; i++ {
 		s := buf[i*segmentSize:]
@@ -281,9 +281,9 @@ func (w *worker) discardOrZero(r *request) result {
 		if discard {
 			err = d.discard(off, n)
 		} else {
-			err = d.writeZeroes(off, n, unmap, w.stop)
+			err = d.writeZeroes(w.ctx, off, n, unmap)
 		}
-		if errors.Is(err, errStopped) {
+		if w.ctx.Err() != nil {
 			return resIOErr // the device is being reset; never completed
 		}
 		if err != nil {
@@ -291,16 +291,6 @@ func (w *worker) discardOrZero(r *request) result {
 		}
 	}
 	return result{status: StatusOK, sync: w.writeThrough}
-}
-
-// gather copies the start of src's buffers into dst.
-func gather(dst []byte, src [][]byte) {
-	for _, b := range src {
-		if len(dst) == 0 {
-			return
-		}
-		dst = dst[copy(dst, b):]
-	}
 }
 
 func (w *worker) fault(format string, args ...any) result {

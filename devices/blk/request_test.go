@@ -539,7 +539,7 @@ func testBatch(t *testing.T, tr transport) {
 	if irqs := e.irq.Count(0); irqs == 0 || irqs > n/2 {
 		t.Errorf("%d interrupts for %d requests", irqs, n)
 	}
-	if !tr.intx && e.irq.Deliveries(1) != e.irq.Count(0) {
+	if !tr.INTx && e.irq.Deliveries(1) != e.irq.Count(0) {
 		t.Errorf("queue 0 vector sent %d messages, %d interrupts counted", e.irq.Deliveries(1), e.irq.Count(0))
 	}
 	e.checkTransport()

@@ -1,10 +1,9 @@
 package blk
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"sync"
-	"sync/atomic"
 
 	"github.com/govmd/govmd/internal/eventfd"
 	"github.com/govmd/govmd/virtio"
@@ -29,8 +28,9 @@ type worker struct {
 	q         *virtio.Queue
 	kick      *eventfd.EventFD
 	transport virtio.Transport
+	used      virtio.Used
 	features  uint64
-	stop      *atomic.Bool
+	ctx       context.Context // the run's: done when the device is reset
 
 	writeThrough bool // FLUSH not negotiated: writes are synced before completion
 	segMax       bool // SEG_MAX negotiated: enforce it
@@ -42,15 +42,15 @@ type worker struct {
 	segBuf [max(MaxDiscardSeg, MaxWriteZeroesSeg) * segmentSize]byte
 }
 
-func newWorker(d *Device, idx int, a virtio.Activation, stop *atomic.Bool) *worker {
+func newWorker(d *Device, idx int, a virtio.Activation) *worker {
 	return &worker{
 		d:            d,
 		idx:          idx,
 		q:            a.Queues[idx],
 		kick:         a.Kicks[idx],
 		transport:    a.Transport,
+		used:         virtio.Used{Queue: a.Queues[idx], Index: idx, Transport: a.Transport},
 		features:     a.Features,
-		stop:         stop,
 		writeThrough: a.Features&FFlush == 0,
 		segMax:       a.Features&FSegMax != 0,
 		sizeMax:      a.Features&FSizeMax != 0,
@@ -58,55 +58,23 @@ func newWorker(d *Device, idx int, a virtio.Activation, stop *atomic.Bool) *work
 	}
 }
 
-// run serves the queue until the device is reset or the queue breaks.
-func (w *worker) run(wg *sync.WaitGroup) {
-	defer wg.Done()
+// run serves the queue until the device is reset (ctx is done) or the
+// queue breaks.
+func (w *worker) run(ctx context.Context) {
 	virtio.QueueLoop{
 		Name:      fmt.Sprintf("virtio-blk queue %d", w.idx),
 		Kick:      w.kick,
 		Transport: w.transport,
-		Stop:      w.stop,
-		Stopped:   errStopped,
 		Faults:    &w.d.stats.guestFaults,
 		Log:       w.d.log,
-	}.Run(w.drain)
+	}.Run(ctx, w.drain)
 }
 
 // drain serves requests until the queue is empty with notifications
 // enabled. Requests served before an error are still completed.
-func (w *worker) drain() error {
-	for {
-		if err := w.q.DisableNotify(); err != nil {
-			return err
-		}
-		for {
-			if w.stop.Load() {
-				return errStopped
-			}
-			ok, err := w.q.Pop(&w.chain)
-			if err != nil {
-				return errors.Join(err, w.complete())
-			}
-			if !ok {
-				break
-			}
-			if err := w.serve(&w.chain); err != nil {
-				return errors.Join(err, w.complete())
-			}
-			if len(w.done) == batchMax {
-				if err := w.complete(); err != nil {
-					return err
-				}
-			}
-		}
-		if err := w.complete(); err != nil {
-			return err
-		}
-		pending, err := w.q.EnableNotify()
-		if err != nil || !pending {
-			return err
-		}
-	}
+func (w *worker) drain(ctx context.Context) error {
+	w.ctx = ctx
+	return virtio.Drain(ctx, w.q, &w.chain, batchMax, w.serve, w.complete)
 }
 
 // serve parses and executes one request and queues its completion. An
@@ -121,8 +89,8 @@ func (w *worker) serve(c *virtio.Chain) error {
 	default:
 		res = w.execute(&w.req)
 	}
-	if w.stop.Load() {
-		return errStopped // a long request was cut short by a reset
+	if err := w.ctx.Err(); err != nil {
+		return err // a long request was cut short by a reset
 	}
 	w.done = append(w.done, completion{head: c.Head, status: w.req.status, res: res})
 	return nil
@@ -159,21 +127,11 @@ func (w *worker) complete() error {
 	for i := range w.done {
 		c := &w.done[i]
 		c.status[0] = c.res.status
-		if err = w.q.Push(c.head, c.res.written+1); err != nil {
+		if err = w.used.Push(c.head, c.res.written+1); err != nil {
 			break
 		}
 	}
 	clear(w.done) // drop references to guest memory
 	w.done = w.done[:0]
-	if err != nil {
-		return err
-	}
-	notify, err := w.q.Publish()
-	if err != nil {
-		return err
-	}
-	if notify {
-		w.transport.Notify(w.idx)
-	}
-	return nil
+	return errors.Join(err, w.used.Publish())
 }

@@ -1,11 +1,10 @@
 package net
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"sync"
-	"sync/atomic"
 
 	"github.com/govmd/govmd/internal/eventfd"
 	"github.com/govmd/govmd/virtio"
@@ -50,60 +49,36 @@ type ctrlWorker struct {
 	d     *Device
 	q     *virtio.Queue
 	kick  *eventfd.EventFD
-	tr    virtio.Transport
-	stop  *atomic.Bool
+	used  virtio.Used
 	acked uint64
+	rx    *rxWait // woken when larger receive frames become possible
 
 	chain virtio.Chain
 	buf   []byte
 }
 
-func newCtrlWorker(d *Device, a virtio.Activation, stop *atomic.Bool) *ctrlWorker {
+func newCtrlWorker(d *Device, a virtio.Activation, rx *rxWait) *ctrlWorker {
 	return &ctrlWorker{
 		d:     d,
 		q:     a.Queues[CtrlQueue],
 		kick:  a.Kicks[CtrlQueue],
-		tr:    a.Transport,
-		stop:  stop,
+		used:  virtio.Used{Queue: a.Queues[CtrlQueue], Index: CtrlQueue, Transport: a.Transport},
 		acked: a.Features,
+		rx:    rx,
 		buf:   make([]byte, ctrlMaxRequest),
 	}
 }
 
-func (w *ctrlWorker) run(wg *sync.WaitGroup) {
-	defer wg.Done()
-	w.d.queueLoop("virtio-net control queue", w.kick, w.tr, w.stop).Run(w.drain)
+// run answers requests until the device is reset (ctx is done) or the
+// queue breaks.
+func (w *ctrlWorker) run(ctx context.Context) {
+	w.d.queueLoop("virtio-net control queue", w.kick, w.used.Transport).Run(ctx, w.drain)
 }
 
 // drain answers every available request. Requests are rare and the driver
 // waits for each, so every one is published at once.
-func (w *ctrlWorker) drain() error {
-	for {
-		if w.stop.Load() {
-			return errStopped
-		}
-		ok, err := w.q.Pop(&w.chain)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			pending, err := w.q.EnableNotify()
-			if err != nil || !pending {
-				return err
-			}
-			continue
-		}
-		if err := w.serve(&w.chain); err != nil {
-			return err
-		}
-		notify, err := w.q.Publish()
-		if err != nil {
-			return err
-		}
-		if notify {
-			w.tr.Notify(CtrlQueue)
-		}
-	}
+func (w *ctrlWorker) drain(ctx context.Context) error {
+	return virtio.Drain(ctx, w.q, &w.chain, 1, w.serve, w.used.Publish)
 }
 
 // serve executes one request and writes its ack. A request without an ack
@@ -126,8 +101,8 @@ func (w *ctrlWorker) serve(c *virtio.Chain) error {
 			d.guestFault("ctrl", err)
 		}
 	}
-	scatter(c.Writable, 0, []byte{ack})
-	return w.q.Push(c.Head, 1)
+	virtio.Scatter(c.Writable, 0, []byte{ack})
+	return w.used.Push(c.Head, 1)
 }
 
 var (
@@ -144,13 +119,16 @@ func (w *ctrlWorker) exec(c *virtio.Chain) error {
 		return errCtrlLong
 	}
 	req := w.buf[:c.ReadLen]
-	gather(req, c.Readable, 0) // copied once: the guest may change it
-	return w.d.execCtrl(w.acked, w.stop, req[0], req[1], req[2:])
+	virtio.Gather(req, c.Readable, 0) // copied once: the guest may change it
+	return w.execCtrl(req[0], req[1], req[2:])
 }
 
-// execCtrl executes one control command for a driver that negotiated
-// acked.
-func (d *Device) execCtrl(acked uint64, stop *atomic.Bool, class, cmd byte, data []byte) error {
+// execCtrl executes one control command. The receive-mode and MAC-table
+// commands are checked and acknowledged; the device delivers what the tap
+// gives it (with Locked, only frames for its MAC, broadcast and
+// multicast), so it keeps nothing of them.
+func (w *ctrlWorker) execCtrl(class, cmd byte, data []byte) error {
+	d, acked := w.d, w.acked
 	switch class {
 	case CtrlClassRx:
 		if acked&FCtrlRx == 0 {
@@ -162,11 +140,6 @@ func (d *Device) execCtrl(acked uint64, stop *atomic.Bool, class, cmd byte, data
 		if len(data) != 1 {
 			return errCtrlLen
 		}
-		if cmd == CtrlRxPromisc {
-			d.promisc.Store(data[0] != 0)
-		} else {
-			d.allMulti.Store(data[0] != 0)
-		}
 		return nil
 	case CtrlClassMAC:
 		if cmd != CtrlMACTableSet {
@@ -175,12 +148,9 @@ func (d *Device) execCtrl(acked uint64, stop *atomic.Bool, class, cmd byte, data
 		if acked&FCtrlRx == 0 {
 			return errCtrlNotAcked
 		}
-		uni, multi, ok := parseMACTables(data)
-		if !ok {
+		if _, _, ok := parseMACTables(data); !ok {
 			return errCtrlMACTable
 		}
-		d.macTableUni.Store(uni)
-		d.macTableMulti.Store(multi)
 		return nil
 	case CtrlClassGuestOffloads:
 		if cmd != CtrlGuestOffloadsSet {
@@ -196,17 +166,15 @@ func (d *Device) execCtrl(acked uint64, stop *atomic.Bool, class, cmd byte, data
 		if req&^(acked&GuestOffloads) != 0 {
 			return errCtrlOffloads
 		}
-		d.offMu.Lock()
 		old := d.guestOff.Load()
-		err := d.setGuestOffloadsLocked(req)
+		err := d.setGuestOffloads(req)
 		flags := d.tapFlags.Load()
-		d.offMu.Unlock()
 		if err != nil {
 			d.hlog.Error("virtio-net: changing tap offloads failed", "err", err)
 			return errCtrlBackend
 		}
 		if d.maxRxFrame(req) > d.maxRxFrame(old) {
-			d.wakeRx(stop)
+			w.rx.wake()
 		}
 		d.elog.Info("virtio-net: driver changed receive offloads", "offloads", FeatureString(req),
 			"tap_offloads", OffloadString(flags))

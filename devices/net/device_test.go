@@ -10,8 +10,8 @@ import (
 	"time"
 
 	vnet "github.com/govmd/govmd/devices/net"
+	"github.com/govmd/govmd/devices/net/nettest"
 	"github.com/govmd/govmd/devices/net/tap"
-	"github.com/govmd/govmd/internal/harness"
 	"github.com/govmd/govmd/virtio"
 	"github.com/govmd/govmd/virtio/virtiotest"
 )
@@ -31,9 +31,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // newNIC creates a device on a fake backend and a harness driver for it.
-func newNIC(t *testing.T, cfg vnet.Config, nc harness.NICConfig) (*vnet.Device, *harness.NIC, *harness.FakeBackend) {
+func newNIC(t *testing.T, cfg vnet.Config, nc nettest.NICConfig) (*vnet.Device, *nettest.NIC, *nettest.FakeBackend) {
 	t.Helper()
-	be := harness.NewFakeBackend(harness.AllOffloads)
+	be := nettest.NewFakeBackend(nettest.AllOffloads)
 	cfg.MAC = nicMAC[:]
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.NewTextHandler(testWriter{t}, nil))
@@ -46,7 +46,7 @@ func newNIC(t *testing.T, cfg vnet.Config, nc harness.NICConfig) (*vnet.Device, 
 	if nc.MemSize == 0 {
 		nc.MemSize = 32 << 20
 	}
-	n, err := harness.NewNIC(d, nc)
+	n, err := nettest.NewNIC(d, nc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 var tso4 = vnet.Header{Flags: vnet.HdrFNeedsCsum, GSOType: vnet.GSOTCPv4, HdrLen: 66, GSOSize: 1448, CsumStart: 34, CsumOffset: 16}
 
 func TestTransmit(t *testing.T) {
-	d, n, be := newNIC(t, vnet.Config{}, harness.NICConfig{Features: harness.LinuxFeatures, TxLayout: []int{3, 7, 5, 20, 1}})
+	d, n, be := newNIC(t, vnet.Config{}, nettest.NICConfig{Features: nettest.LinuxFeatures, TxLayout: []int{3, 7, 5, 20, 1}})
 	f := frame(otherMAC, nicMAC, 60000)
 	if err := n.Send(tso4, f); err != nil {
 		t.Fatal(err)
@@ -125,13 +125,13 @@ func TestReceive(t *testing.T) {
 		layout   []int
 		size     int
 	}{
-		{"mergeable", harness.LinuxFeatures, nil, 60000},
-		{"big", harness.LinuxFeatures &^ vnet.FMrgRxbuf, nil, 60000},
-		{"big, header split", harness.LinuxFeatures &^ vnet.FMrgRxbuf, []int{5, 3, 9}, 60000},
-		{"small", harness.MinimalFeatures, []int{7}, 1514},
+		{"mergeable", nettest.LinuxFeatures, nil, 60000},
+		{"big", nettest.LinuxFeatures &^ vnet.FMrgRxbuf, nil, 60000},
+		{"big, header split", nettest.LinuxFeatures &^ vnet.FMrgRxbuf, []int{5, 3, 9}, 60000},
+		{"small", nettest.MinimalFeatures, []int{7}, 1514},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d, n, be := newNIC(t, vnet.Config{}, harness.NICConfig{Features: tc.features, RxLayout: tc.layout})
+			d, n, be := newNIC(t, vnet.Config{}, nettest.NICConfig{Features: tc.features, RxLayout: tc.layout})
 			h := vnet.Header{}
 			if tc.size > 1514 {
 				h = tso4
@@ -176,15 +176,15 @@ func TestReceiveSanitized(t *testing.T) {
 		features uint64
 		want     [5]want // DATA_VALID, partial, TSO4, TSO6+ECN, USO
 	}{
-		{"nothing acked", harness.MinimalFeatures, [5]want{zero, drop, drop, drop, drop}},
-		{"nothing acked, mergeable", harness.MinimalFeatures | vnet.FMrgRxbuf, [5]want{zero, drop, drop, drop, drop}},
-		{"csum only", harness.CsumFeatures, [5]want{{dv, true}, {partial, true}, drop, drop, drop}},
-		{"vio", harness.VioFeatures, [5]want{{dv, true}, {partial, true}, {tso4, true}, drop, drop}},
-		{"linux", harness.LinuxFeatures, [5]want{{dv, true}, {partial, true}, {tso4, true}, {tso6ecn, true}, drop}},
-		{"linux with USO", harness.LinuxFeatures | vnet.FGuestUSO4 | vnet.FGuestUSO6, [5]want{{dv, true}, {partial, true}, {tso4, true}, {tso6ecn, true}, {uso, true}}},
+		{"nothing acked", nettest.MinimalFeatures, [5]want{zero, drop, drop, drop, drop}},
+		{"nothing acked, mergeable", nettest.MinimalFeatures | vnet.FMrgRxbuf, [5]want{zero, drop, drop, drop, drop}},
+		{"csum only", nettest.CsumFeatures, [5]want{{dv, true}, {partial, true}, drop, drop, drop}},
+		{"vio", nettest.VioFeatures, [5]want{{dv, true}, {partial, true}, {tso4, true}, drop, drop}},
+		{"linux", nettest.LinuxFeatures, [5]want{{dv, true}, {partial, true}, {tso4, true}, {tso6ecn, true}, drop}},
+		{"linux with USO", nettest.LinuxFeatures | vnet.FGuestUSO4 | vnet.FGuestUSO6, [5]want{{dv, true}, {partial, true}, {tso4, true}, {tso6ecn, true}, {uso, true}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d, n, be := newNIC(t, vnet.Config{}, harness.NICConfig{Features: tc.features})
+			d, n, be := newNIC(t, vnet.Config{}, nettest.NICConfig{Features: tc.features})
 			for i, h := range []vnet.Header{dv, partial, tso4, tso6ecn, uso} {
 				size := 1514
 				if h.GSOType != 0 {
@@ -218,7 +218,7 @@ func TestReceiveSanitized(t *testing.T) {
 }
 
 func TestReceiveTooBig(t *testing.T) {
-	d, n, be := newNIC(t, vnet.Config{}, harness.NICConfig{Features: harness.MinimalFeatures})
+	d, n, be := newNIC(t, vnet.Config{}, nettest.NICConfig{Features: nettest.MinimalFeatures})
 	be.Inject(withHdr(vnet.Header{}, 12, frame(nicMAC, otherMAC, 3000)))
 	small := frame(nicMAC, otherMAC, 100)
 	be.Inject(withHdr(vnet.Header{}, 12, small))
@@ -237,7 +237,7 @@ func TestReceiveTooBig(t *testing.T) {
 // TestReceiveFewMergeableBuffers: a driver posting fewer mergeable bytes
 // than a 64 KiB frame needs still receives the frames that fit.
 func TestReceiveFewMergeableBuffers(t *testing.T) {
-	d, n, be := newNIC(t, vnet.Config{QueueSize: 16}, harness.NICConfig{Features: harness.LinuxFeatures})
+	d, n, be := newNIC(t, vnet.Config{QueueSize: 16}, nettest.NICConfig{Features: nettest.LinuxFeatures})
 	small := frame(nicMAC, otherMAC, 200)
 	be.Inject(withHdr(vnet.Header{}, 12, small))
 	if got, err := n.Recv(5 * time.Second); err != nil || !bytes.Equal(got.Data, small) {
@@ -256,10 +256,10 @@ func TestReceiveFewMergeableBuffers(t *testing.T) {
 }
 
 func TestLocked(t *testing.T) {
-	for _, features := range []uint64{harness.LinuxFeatures, harness.MinimalFeatures} {
+	for _, features := range []uint64{nettest.LinuxFeatures, nettest.MinimalFeatures} {
 		t.Run(vnet.FeatureString(features&vnet.FGuestCsum), func(t *testing.T) {
 			// Header and Ethernet header split over small descriptors.
-			d, n, be := newNIC(t, vnet.Config{Locked: true}, harness.NICConfig{Features: features,
+			d, n, be := newNIC(t, vnet.Config{Locked: true}, nettest.NICConfig{Features: features,
 				TxLayout: []int{5, 9, 2, 3, 1, 4}, RxLayout: []int{7, 6, 4}})
 			h := vnet.Header{}
 			if features&vnet.FCsum != 0 {
@@ -300,7 +300,7 @@ func TestLocked(t *testing.T) {
 }
 
 func TestConfigSpace(t *testing.T) {
-	be := harness.NewFakeBackend(harness.AllOffloads)
+	be := nettest.NewFakeBackend(nettest.AllOffloads)
 	d, err := vnet.New(be, vnet.Config{MAC: nicMAC[:], MTU: 9000})
 	if err != nil {
 		t.Fatal(err)
@@ -325,7 +325,7 @@ func TestConfigSpace(t *testing.T) {
 }
 
 func TestNewErrors(t *testing.T) {
-	be := harness.NewFakeBackend(harness.AllOffloads)
+	be := nettest.NewFakeBackend(nettest.AllOffloads)
 	for _, cfg := range []vnet.Config{
 		{MAC: stdnet.HardwareAddr{1, 2, 3, 4, 5, 6}},
 		{MAC: stdnet.HardwareAddr{0, 0, 0, 0, 0, 0}},
@@ -382,12 +382,12 @@ func oracleValid(f uint64) bool {
 // CTRL_VQ) and checks FEATURES_OK is refused exactly for the subsets that
 // break a dependency; a sample of accepted ones is started.
 func TestFeatureSubsets(t *testing.T) {
-	be := harness.NewFakeBackend(harness.AllOffloads)
+	be := nettest.NewFakeBackend(nettest.AllOffloads)
 	d, err := vnet.New(be, vnet.Config{MAC: nicMAC[:]})
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := harness.NewNIC(d, harness.NICConfig{Features: harness.MinimalFeatures, MemSize: 8 << 20})
+	n, err := nettest.NewNIC(d, nettest.NICConfig{Features: nettest.MinimalFeatures, MemSize: 8 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -420,16 +420,16 @@ func TestFeatureSubsets(t *testing.T) {
 		t.Fatalf("%d subsets accepted", accepted)
 	}
 	// Legacy drivers are checked at DRIVER_OK instead.
-	_, err = harness.NewNIC(d, harness.NICConfig{Legacy: true, Exact: true, Features: vnet.FGuestTSO4, MemSize: 8 << 20})
+	_, err = nettest.NewNIC(d, nettest.NICConfig{Legacy: true, Exact: true, Features: vnet.FGuestTSO4, MemSize: 8 << 20})
 	if err == nil || !strings.Contains(err.Error(), "refused") {
 		t.Errorf("legacy driver with GUEST_TSO4 alone: %v", err)
 	}
 }
 
 func TestLegacy(t *testing.T) {
-	for _, features := range []uint64{0, harness.LinuxLegacyFeatures} {
+	for _, features := range []uint64{0, nettest.LinuxLegacyFeatures} {
 		t.Run(vnet.FeatureString(features&vnet.FMrgRxbuf), func(t *testing.T) {
-			d, n, be := newNIC(t, vnet.Config{}, harness.NICConfig{Legacy: true, Features: features, TxLayout: []int{4, 8}})
+			d, n, be := newNIC(t, vnet.Config{}, nettest.NICConfig{Legacy: true, Features: features, TxLayout: []int{4, 8}})
 			wantHdr := 10
 			if features&vnet.FMrgRxbuf != 0 {
 				wantHdr = 12
@@ -462,7 +462,7 @@ func TestLegacy(t *testing.T) {
 
 // TestCtrlGuestOffloads switches receive offloads with the control queue.
 func TestCtrlGuestOffloads(t *testing.T) {
-	d, n, be := newNIC(t, vnet.Config{}, harness.NICConfig{Features: harness.LinuxFeatures})
+	d, n, be := newNIC(t, vnet.Config{}, nettest.NICConfig{Features: nettest.LinuxFeatures})
 	all := tap.OffloadCSUM | tap.OffloadTSO4 | tap.OffloadTSO6 | tap.OffloadTSOECN | tap.OffloadUFO
 	if be.Offload() != all {
 		t.Fatalf("offloads at DRIVER_OK: %s", vnet.OffloadString(be.Offload()))
@@ -507,7 +507,7 @@ func TestCtrlGuestOffloads(t *testing.T) {
 // VIRTIO_NET_ERR, counts them and keeps working; a request it cannot
 // answer at all sets DEVICE_NEEDS_RESET.
 func TestCtrlGarbage(t *testing.T) {
-	d, n, _ := newNIC(t, vnet.Config{}, harness.NICConfig{Features: harness.LinuxFeatures})
+	d, n, _ := newNIC(t, vnet.Config{}, nettest.NICConfig{Features: nettest.LinuxFeatures})
 	table := func(uni, multi uint32, extra int) []byte {
 		b := binary.LittleEndian.AppendUint32(nil, uni)
 		b = append(b, make([]byte, 6*uni)...)
@@ -573,7 +573,7 @@ func TestCtrlGarbage(t *testing.T) {
 // TestTxHostile posts malformed transmit chains: each is dropped and
 // counted, nothing reaches the backend and the device keeps working.
 func TestTxHostile(t *testing.T) {
-	csumOnly := harness.CsumFeatures
+	csumOnly := nettest.CsumFeatures
 	for _, tc := range []struct {
 		name     string
 		features uint64
@@ -581,19 +581,19 @@ func TestTxHostile(t *testing.T) {
 		size     int
 		bad      func(s vnet.Stats) uint64
 	}{
-		{"csum_offset past the frame", harness.LinuxFeatures, vnet.Header{Flags: vnet.HdrFNeedsCsum, CsumStart: 34, CsumOffset: 100}, 60, txBadHeader},
-		{"csum_start past the frame", harness.LinuxFeatures, vnet.Header{Flags: vnet.HdrFNeedsCsum, CsumStart: 2000}, 1000, txBadHeader},
-		{"gso_size 0", harness.LinuxFeatures, vnet.Header{Flags: vnet.HdrFNeedsCsum, GSOType: vnet.GSOTCPv4, CsumStart: 34, CsumOffset: 16}, 20000, txBadHeader},
+		{"csum_offset past the frame", nettest.LinuxFeatures, vnet.Header{Flags: vnet.HdrFNeedsCsum, CsumStart: 34, CsumOffset: 100}, 60, txBadHeader},
+		{"csum_start past the frame", nettest.LinuxFeatures, vnet.Header{Flags: vnet.HdrFNeedsCsum, CsumStart: 2000}, 1000, txBadHeader},
+		{"gso_size 0", nettest.LinuxFeatures, vnet.Header{Flags: vnet.HdrFNeedsCsum, GSOType: vnet.GSOTCPv4, CsumStart: 34, CsumOffset: 16}, 20000, txBadHeader},
 		{"TSO not negotiated", csumOnly, tso4, 20000, txBadHeader},
-		{"USO not negotiated", harness.LinuxFeatures, vnet.Header{Flags: vnet.HdrFNeedsCsum, GSOType: vnet.GSOUDPL4, GSOSize: 1000, CsumStart: 34, CsumOffset: 6}, 20000, txBadHeader},
-		{"ECN not negotiated", harness.VioFeatures, vnet.Header{Flags: vnet.HdrFNeedsCsum, GSOType: vnet.GSOTCPv4 | vnet.GSOECN, GSOSize: 1448, CsumStart: 34, CsumOffset: 16}, 20000, txBadHeader},
-		{"NEEDS_CSUM without CSUM", harness.MinimalFeatures, vnet.Header{Flags: vnet.HdrFNeedsCsum, CsumStart: 34, CsumOffset: 16}, 100, txBadHeader},
-		{"unknown flags", harness.LinuxFeatures, vnet.Header{Flags: 0x40}, 100, txBadHeader},
-		{"oversized", harness.LinuxFeatures, vnet.Header{}, vnet.MaxFrame + 1, txBadHeader},
-		{"runt", harness.LinuxFeatures, vnet.Header{}, 10, txBadHeader},
+		{"USO not negotiated", nettest.LinuxFeatures, vnet.Header{Flags: vnet.HdrFNeedsCsum, GSOType: vnet.GSOUDPL4, GSOSize: 1000, CsumStart: 34, CsumOffset: 6}, 20000, txBadHeader},
+		{"ECN not negotiated", nettest.VioFeatures, vnet.Header{Flags: vnet.HdrFNeedsCsum, GSOType: vnet.GSOTCPv4 | vnet.GSOECN, GSOSize: 1448, CsumStart: 34, CsumOffset: 16}, 20000, txBadHeader},
+		{"NEEDS_CSUM without CSUM", nettest.MinimalFeatures, vnet.Header{Flags: vnet.HdrFNeedsCsum, CsumStart: 34, CsumOffset: 16}, 100, txBadHeader},
+		{"unknown flags", nettest.LinuxFeatures, vnet.Header{Flags: 0x40}, 100, txBadHeader},
+		{"oversized", nettest.LinuxFeatures, vnet.Header{}, vnet.MaxFrame + 1, txBadHeader},
+		{"runt", nettest.LinuxFeatures, vnet.Header{}, 10, txBadHeader},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d, n, be := newNIC(t, vnet.Config{}, harness.NICConfig{Features: tc.features, TxLayout: []int{2, 9, 30}})
+			d, n, be := newNIC(t, vnet.Config{}, nettest.NICConfig{Features: tc.features, TxLayout: []int{2, 9, 30}})
 			if err := n.Send(tc.h, frame(otherMAC, nicMAC, tc.size)); err != nil {
 				t.Fatal(err)
 			}
@@ -624,7 +624,7 @@ func txBadHeader(s vnet.Stats) uint64 { return s.TxBadHeader }
 // TestTxBadChains posts chains that break the ring's rules for the
 // transmit queue.
 func TestTxBadChains(t *testing.T) {
-	d, n, be := newNIC(t, vnet.Config{}, harness.NICConfig{Features: harness.LinuxFeatures})
+	d, n, be := newNIC(t, vnet.Config{}, nettest.NICConfig{Features: nettest.LinuxFeatures})
 	r := n.TxRing()
 	buf := n.Alloc(4096)
 	post := func(bufs ...virtiotest.Buf) {
@@ -650,13 +650,13 @@ func TestTxBadChains(t *testing.T) {
 // TestBrokenAvailIndex: an avail index far ahead of the device breaks the
 // queue; the device sets NEEDS_RESET and works again after a reset.
 func TestBrokenAvailIndex(t *testing.T) {
-	be := harness.NewFakeBackend(harness.AllOffloads)
+	be := nettest.NewFakeBackend(nettest.AllOffloads)
 	d, err := vnet.New(be, vnet.Config{MAC: nicMAC[:]})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	n, err := harness.NewNIC(d, harness.NICConfig{Features: harness.LinuxFeatures, MemSize: 32 << 20})
+	n, err := nettest.NewNIC(d, nettest.NICConfig{Features: nettest.LinuxFeatures, MemSize: 32 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -666,7 +666,7 @@ func TestBrokenAvailIndex(t *testing.T) {
 	waitFor(t, "NEEDS_RESET", func() bool { return n.Drv.Status()&virtio.StatusNeedsReset != 0 })
 	n.Close()
 	// The same device, a new driver: everything works again.
-	n, err = harness.NewNIC(d, harness.NICConfig{Features: harness.VioFeatures, MemSize: 32 << 20})
+	n, err = nettest.NewNIC(d, nettest.NICConfig{Features: nettest.VioFeatures, MemSize: 32 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -687,7 +687,7 @@ func TestBrokenAvailIndex(t *testing.T) {
 // TestRxReadOnlyChain: a receive chain without writable buffers is
 // completed empty and counted; the next good chain gets the next frame.
 func TestRxReadOnlyChain(t *testing.T) {
-	d, n, be := newNIC(t, vnet.Config{}, harness.NICConfig{Features: harness.MinimalFeatures, RxBufs: 1})
+	d, n, be := newNIC(t, vnet.Config{}, nettest.NICConfig{Features: nettest.MinimalFeatures, RxBufs: 1})
 	r := n.RxRing()
 	bad := n.Alloc(2048)
 	badHead, _ := r.Add(virtiotest.Buf{Addr: bad, Len: 2048})
@@ -722,12 +722,11 @@ func TestRxReadOnlyChain(t *testing.T) {
 // TestQueueSizeAfterDriverOK: queue configuration written after DRIVER_OK
 // is ignored (counted) and the device keeps using the latched rings.
 func TestQueueSizeAfterDriverOK(t *testing.T) {
-	_, n, be := newNIC(t, vnet.Config{}, harness.NICConfig{Features: harness.LinuxFeatures})
+	_, n, be := newNIC(t, vnet.Config{}, nettest.NICConfig{Features: nettest.LinuxFeatures})
 	c := n.Common
-	c.SelectQueue(vnet.TxQueue)
-	c.SetQueueSize(4)
-	c.SetQueueAddr(virtio.QueueDesc, false, 0x12340000)
-	c.SetQueueEnabled(true)
+	c.SetQueue(vnet.TxQueue, virtio.QueueConfig{Size: 4}, true, "queue size")
+	c.SetQueue(vnet.TxQueue, virtio.QueueConfig{Size: 256, DescAddr: 0x12340000}, true, "queue address")
+	c.SetQueue(vnet.TxQueue, virtio.QueueConfig{Size: 256}, false, "queue enable")
 	if c.IgnoredWrites() != 3 {
 		t.Errorf("ignored writes %d, want 3", c.IgnoredWrites())
 	}
@@ -745,7 +744,7 @@ func TestQueueSizeAfterDriverOK(t *testing.T) {
 // TestResetStopsWorkers resets the device while its receive goroutine waits
 // for the backend and its transmit goroutine for a notification.
 func TestResetStopsWorkers(t *testing.T) {
-	d, n, be := newNIC(t, vnet.Config{}, harness.NICConfig{Features: harness.LinuxFeatures})
+	d, n, be := newNIC(t, vnet.Config{}, nettest.NICConfig{Features: nettest.LinuxFeatures})
 	time.Sleep(20 * time.Millisecond) // let the goroutines block
 	done := make(chan struct{})
 	go func() { n.Drv.Reset(); close(done) }()

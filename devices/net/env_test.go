@@ -42,7 +42,7 @@ func (f *fakeBE) ReadV(iovs [][]byte, wait bool) (int, error) {
 		}
 		return 0, unix.EAGAIN
 	}
-	return scatter(iovs, 0, f.in), nil // truncates like the tap
+	return virtio.Scatter(iovs, 0, f.in), nil // truncates like the tap
 }
 
 func (f *fakeBE) WriteV(iovs [][]byte) (int, error) {

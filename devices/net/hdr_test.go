@@ -2,8 +2,8 @@ package net
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
-	"sync/atomic"
 	"testing"
 
 	"github.com/govmd/govmd/virtio"
@@ -120,36 +120,6 @@ func TestSanitizeRxHeader(t *testing.T) {
 	}
 }
 
-func TestGatherScatter(t *testing.T) {
-	bufs := [][]byte{make([]byte, 3), {}, make([]byte, 1), make([]byte, 5)}
-	src := []byte("abcdefghi")
-	if n := scatter(bufs, 0, src); n != 9 {
-		t.Fatalf("scatter = %d", n)
-	}
-	got := make([]byte, 6)
-	if n := gather(got, bufs, 2); n != 6 || string(got) != "cdefgh" {
-		t.Fatalf("gather = %d %q", n, got)
-	}
-	if n := gather(got, bufs, 7); n != 2 || string(got[:2]) != "hi" {
-		t.Fatalf("gather at end = %d %q", n, got[:2])
-	}
-	if n := scatter(bufs, 8, []byte("XYZ")); n != 1 || bufs[3][4] != 'X' {
-		t.Fatalf("scatter past end = %d", n)
-	}
-	var parts [][]byte
-	parts = appendFrom(parts, bufs, 4)
-	var all []byte
-	for _, p := range parts {
-		all = append(all, p...)
-	}
-	if string(all) != "efghX" {
-		t.Fatalf("appendFrom = %q", all)
-	}
-	if parts := appendFrom(nil, bufs, 9); len(parts) != 0 {
-		t.Fatalf("appendFrom at end = %q", parts)
-	}
-}
-
 // specValidTx is the fuzz oracle: the rules of virtio 1.x 5.1.6.2 plus the
 // device's limits, written from the raw numbers without the package's
 // constants or code paths.
@@ -210,8 +180,7 @@ func FuzzTxHeader(f *testing.F) {
 		d := newTestDevice(t, be, Config{MAC: mac[:], Locked: locked})
 		e := newQEnv(t, 16, acked, 1<<20)
 		tr := &fakeTransport{}
-		var stop atomic.Bool
-		w := newTxWorker(d, e.activation(TxQueue, acked, tr), &stop)
+		w := newTxWorker(d, e.activation(TxQueue, acked, tr))
 
 		hdrLen := hdrLenFor(acked)
 		h := DecodeHeader(hb[:hdrLen])
@@ -232,7 +201,7 @@ func FuzzTxHeader(f *testing.F) {
 			sizes = append(sizes, int(l%32)+1)
 		}
 		e.postBytes(data, sizes, false)
-		if err := w.drain(); err != nil {
+		if err := w.drain(context.Background()); err != nil {
 			t.Fatalf("drain: %v", err)
 		}
 		if _, _, ok := e.ring.PopUsed(); !ok {

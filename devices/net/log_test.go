@@ -25,15 +25,17 @@ func (h *countHandler) WithGroup(string) slog.Handler                { return h 
 // CTRL_GUEST_OFFLOADS_SET commands gave 5000 records.
 func TestGuestCannotFloodTheLog(t *testing.T) {
 	h := &countHandler{}
-	d := newTestDevice(t, newFakeBE(), Config{Log: slog.New(h)})
+	be := newFakeBE()
+	d := newTestDevice(t, be, Config{Log: slog.New(h)})
 	const acked = FCsum | FGuestCsum | FCtrlGuestOffloads | FGuestTSO4 | FGuestTSO6 | FCtrlVQ | virtio.FVersion1
-	var stop atomic.Bool
+	e := newQEnv(t, 16, acked, 1<<20)
+	w := newCtrlWorker(d, e.activation(CtrlQueue, acked, &fakeTransport{}), &rxWait{be: be})
 	for i := 0; i < 5000; i++ {
 		off := uint64(FGuestCsum)
 		if i%2 == 0 {
 			off |= FGuestTSO4 | FGuestTSO6
 		}
-		if err := d.execCtrl(acked, &stop, CtrlClassGuestOffloads, CtrlGuestOffloadsSet, binary.LittleEndian.AppendUint64(nil, off)); err != nil {
+		if err := w.execCtrl(CtrlClassGuestOffloads, CtrlGuestOffloadsSet, binary.LittleEndian.AppendUint64(nil, off)); err != nil {
 			t.Fatalf("command %d: %v", i, err)
 		}
 	}

@@ -112,6 +112,18 @@ func (m OffloadMode) String() string {
 	return fmt.Sprintf("OffloadMode(%d)", int(m))
 }
 
+// MarshalText implements encoding.TextMarshaler.
+func (m OffloadMode) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (m *OffloadMode) UnmarshalText(b []byte) error {
+	v, err := ParseOffloadMode(string(b))
+	if err == nil {
+		*m = v
+	}
+	return err
+}
+
 // Config configures a NIC.
 type Config struct {
 	// MAC is the NIC's address; nil means a random locally administered
@@ -178,30 +190,17 @@ type Device struct {
 
 	stats counters
 
-	// offMu serializes changes of the receive offloads (Activate, the
-	// control goroutine, Reset) so that guestOff always matches what was
-	// last given to the backend.
-	offMu    sync.Mutex
-	guestOff atomic.Uint64 // GuestOffloads bits currently enabled
-	tapFlags atomic.Uint32 // flags last set with SetOffload
+	// The receive offloads: what the driver enabled (GuestOffloads bits)
+	// and what the backend was last told. Written by Activate and Reset
+	// while no worker runs and, in between, by the control worker alone
+	// (see setGuestOffloads); read by the receive worker and Stats.
+	guestOff atomic.Uint64
+	tapFlags atomic.Uint32
 	acked    atomic.Uint64 // negotiated features while active
 
-	// rxMu orders the backend's CancelRead and ResumeRead between Reset and the
-	// receive goroutine's wake-ups (see wakeRx); rxWake marks a Cancel
-	// that was only a wake-up.
-	rxMu   sync.Mutex
-	rxWake atomic.Bool
-
-	promisc, allMulti atomic.Bool
-	macTableUni       atomic.Uint32
-	macTableMulti     atomic.Uint32
-
-	mu      sync.Mutex // guards the fields below
+	mu      sync.Mutex // guards closed; held by Activate, Reset and Close
 	closed  bool
-	active  bool
-	stop    *atomic.Bool
-	kicks   []*eventfd.EventFD
-	workers sync.WaitGroup
+	workers virtio.Workers
 }
 
 var (
@@ -361,7 +360,7 @@ func (d *Device) Activate(a virtio.Activation) error {
 	if d.closed {
 		return ErrClosed
 	}
-	if d.active {
+	if d.workers.Running() {
 		return errors.New("virtio-net: already active")
 	}
 	nq := 2
@@ -380,45 +379,45 @@ func (d *Device) Activate(a virtio.Activation) error {
 	if err := d.be.SetVnetHdrSize(hdrLen); err != nil {
 		return fmt.Errorf("virtio-net: %w", err)
 	}
-	guest := a.Features & GuestOffloads
-	d.offMu.Lock()
-	err := d.setGuestOffloadsLocked(guest)
-	d.offMu.Unlock()
-	if err != nil {
+	if err := d.setGuestOffloads(a.Features & GuestOffloads); err != nil {
 		return fmt.Errorf("virtio-net: %w", err)
 	}
 	d.acked.Store(a.Features)
 	d.elog.Info("virtio-net: driver ready", "features", FeatureString(a.Features),
 		"tap_offloads", OffloadString(d.tapFlags.Load()), "hdr_len", hdrLen)
 
-	d.stop = new(atomic.Bool)
-	d.kicks = d.kicks[:0]
-	start := func(q int, run func(*sync.WaitGroup)) {
-		d.kicks = append(d.kicks, a.Kicks[q])
-		d.workers.Add(1)
-		go run(&d.workers)
+	// The receive worker's wait for the backend: Reset interrupts it, and
+	// so does the control worker when the driver enables offloads with
+	// which larger frames can arrive (the buffers must be sized again).
+	rx := &rxWait{be: d.be}
+	waits := []virtio.Interruptible{rx}
+	for i := 0; i < nq; i++ {
+		if a.Queues[i] != nil {
+			waits = append(waits, a.Kicks[i])
+		}
 	}
+	ctx := d.workers.Start(waits...)
 	if a.Queues[RxQueue] != nil {
-		start(RxQueue, newRxWorker(d, a, d.stop).run)
+		d.workers.Go(ctx, newRxWorker(d, a, rx).run)
 	}
 	if a.Queues[TxQueue] != nil {
-		start(TxQueue, newTxWorker(d, a, d.stop).run)
+		d.workers.Go(ctx, newTxWorker(d, a).run)
 	}
 	if nq == 3 && a.Queues[CtrlQueue] != nil {
-		start(CtrlQueue, newCtrlWorker(d, a, d.stop).run)
+		d.workers.Go(ctx, newCtrlWorker(d, a, rx).run)
 	}
-	d.active = true
 	return nil
 }
 
-// setGuestOffloadsLocked enables the receive offloads in guest (GuestOffloads
-// bits) on the backend and in the receive path. d.offMu must be held. When
-// offloads are only added, the receive path learns about them first, so it
-// sizes buffers for large frames before the tap can produce them; otherwise
-// the tap is told first, so that from the moment the receive path stops
-// accepting a kind of frame the tap no longer produces new ones (frames
-// already queued in the tap are dropped by the sanitizer).
-func (d *Device) setGuestOffloadsLocked(guest uint64) error {
+// setGuestOffloads enables the receive offloads in guest (GuestOffloads
+// bits) on the backend and in the receive path. Only one goroutine at a
+// time calls it: Activate and Reset while no worker runs, the control
+// worker in between. When offloads are only added, the receive path learns
+// about them first, so it sizes buffers for large frames before the tap can
+// produce them; otherwise the tap is told first, so that from the moment the
+// receive path stops accepting a kind of frame the tap no longer produces
+// new ones (frames already queued in the tap are dropped by the sanitizer).
+func (d *Device) setGuestOffloads(guest uint64) error {
 	flags := TapOffloads(guest)
 	old := d.guestOff.Load()
 	if guest&^old != 0 && old&^guest == 0 {
@@ -447,35 +446,14 @@ func (d *Device) Reset() {
 }
 
 func (d *Device) resetLocked() {
-	if !d.active {
+	if !d.workers.Running() {
 		return
 	}
-	d.rxMu.Lock()
-	d.stop.Store(true)
-	d.be.CancelRead()
-	d.rxMu.Unlock()
-	for _, k := range d.kicks {
-		k.Cancel()
-	}
-	d.workers.Wait()
-	d.be.ResumeRead()
-	d.rxWake.Store(false)
-	for _, k := range d.kicks {
-		k.Resume()
-	}
-	d.kicks = d.kicks[:0]
-	d.stop = nil
-	d.offMu.Lock()
-	if err := d.setGuestOffloadsLocked(0); err != nil {
+	d.workers.Stop()
+	if err := d.setGuestOffloads(0); err != nil {
 		d.hlog.Error("virtio-net: clearing tap offloads failed", "err", err)
 	}
-	d.offMu.Unlock()
 	d.acked.Store(0)
-	d.promisc.Store(false)
-	d.allMulti.Store(false)
-	d.macTableUni.Store(0)
-	d.macTableMulti.Store(0)
-	d.active = false
 }
 
 // Close stops the device. It is idempotent; the transport must not use the
@@ -495,30 +473,6 @@ func (d *Device) guestFault(queue string, err error) {
 	d.glog.Warn("virtio-net driver error", "queue", queue, "err", err)
 }
 
-// wakeRx makes the receive goroutine give up its current wait for the
-// backend, so that it sizes its buffers again: the driver enabled an
-// offload with which the tap can deliver larger frames than the buffers
-// the goroutine is waiting with. The cancellation is sticky until the
-// goroutine resumes the backend, so it cannot be missed; it is not done
-// once the device is stopping, so it cannot undo Reset's.
-func (d *Device) wakeRx(stop *atomic.Bool) {
-	d.rxMu.Lock()
-	defer d.rxMu.Unlock()
-	if !stop.Load() {
-		d.rxWake.Store(true)
-		d.be.CancelRead()
-	}
-}
-
-// resumeRx undoes wakeRx's cancellation, unless the device is stopping.
-func (d *Device) resumeRx(stop *atomic.Bool) {
-	d.rxMu.Lock()
-	defer d.rxMu.Unlock()
-	if !stop.Load() {
-		d.be.ResumeRead()
-	}
-}
-
 // maxRxFrame returns the largest frame (without the virtio header) the tap
 // can deliver under the receive offloads in guest.
 func (d *Device) maxRxFrame(guest uint64) int {
@@ -528,11 +482,7 @@ func (d *Device) maxRxFrame(guest uint64) int {
 	return max(d.mtu, DefaultMTU) + ethHdrLen + vlanHdrLen
 }
 
-// errStopped ends a worker's loop when the device is reset.
-var errStopped = errors.New("virtio-net: stopped")
-
 // queueLoop is the outer loop of one of the device's queue workers.
-func (d *Device) queueLoop(name string, kick *eventfd.EventFD, tr virtio.Transport, stop *atomic.Bool) virtio.QueueLoop {
-	return virtio.QueueLoop{Name: name, Kick: kick, Transport: tr, Stop: stop,
-		Stopped: errStopped, Faults: &d.stats.guestFaults, Log: d.log}
+func (d *Device) queueLoop(name string, kick *eventfd.EventFD, tr virtio.Transport) virtio.QueueLoop {
+	return virtio.QueueLoop{Name: name, Kick: kick, Transport: tr, Faults: &d.stats.guestFaults, Log: d.log}
 }

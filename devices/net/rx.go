@@ -1,11 +1,11 @@
 package net
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -16,6 +16,59 @@ import (
 )
 
 var errRxChain = errors.New("receive chain with device-readable buffers or shorter than the virtio header")
+
+// rxWait is the receive worker's wait for the backend (a blocking read).
+// Two things interrupt it: the device's Workers when the device is reset
+// (Cancel, as a virtio.Interruptible, until Resume), and the control
+// worker when the driver enabled offloads with which larger frames can
+// arrive (wake), so that the receive worker sizes its buffers again. A
+// wake-up is never taken for a stop, and never re-arms a stopped read.
+type rxWait struct {
+	be      Backend
+	mu      sync.Mutex
+	stopped bool // Cancel was called and Resume not yet
+	woken   bool // the read was interrupted by wake
+}
+
+// Cancel implements virtio.Interruptible.
+func (r *rxWait) Cancel() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stopped = true
+	r.be.CancelRead()
+}
+
+// Resume implements virtio.Interruptible.
+func (r *rxWait) Resume() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stopped, r.woken = false, false
+	r.be.ResumeRead()
+}
+
+// wake interrupts the receive worker's read (sticky until it rearms).
+func (r *rxWait) wake() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.stopped {
+		r.woken = true
+		r.be.CancelRead()
+	}
+}
+
+// rearm is called by the receive worker when its read was interrupted: it
+// reports whether that was a wake-up, and then lets the next read wait
+// again.
+func (r *rxWait) rearm() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.woken || r.stopped {
+		return false
+	}
+	r.woken = false
+	r.be.ResumeRead()
+	return true
+}
 
 // rxWorker serves the receive queue. It is owned by its goroutine from
 // Activate until it exits.
@@ -30,8 +83,8 @@ type rxWorker struct {
 	d      *Device
 	q      *virtio.Queue
 	kick   *eventfd.EventFD
-	tr     virtio.Transport
-	stop   *atomic.Bool
+	used   virtio.Used
+	wait   *rxWait
 	mrg    bool
 	hdrLen int
 	locked bool
@@ -43,21 +96,20 @@ type rxWorker struct {
 	heldCap  int // writable bytes in held chains
 	heldBufs int // buffers in held chains
 
-	iov     [][]byte
-	spare   [1]byte // catches frames longer than the buffers
-	hdr     [HdrLen]byte
-	dst     [6]byte
-	pending int
+	iov   [][]byte
+	spare [1]byte // catches frames longer than the buffers
+	hdr   [HdrLen]byte
+	dst   [6]byte
 }
 
-func newRxWorker(d *Device, a virtio.Activation, stop *atomic.Bool) *rxWorker {
+func newRxWorker(d *Device, a virtio.Activation, wait *rxWait) *rxWorker {
 	q := a.Queues[RxQueue]
 	return &rxWorker{
 		d:      d,
 		q:      q,
 		kick:   a.Kicks[RxQueue],
-		tr:     a.Transport,
-		stop:   stop,
+		used:   virtio.Used{Queue: q, Index: RxQueue, Transport: a.Transport},
+		wait:   wait,
 		mrg:    a.Features&FMrgRxbuf != 0,
 		hdrLen: hdrLenFor(a.Features),
 		locked: d.locked,
@@ -67,39 +119,38 @@ func newRxWorker(d *Device, a virtio.Activation, stop *atomic.Bool) *rxWorker {
 	}
 }
 
-// run delivers frames until the device is reset or the queue breaks.
-func (w *rxWorker) run(wg *sync.WaitGroup) {
-	defer wg.Done()
+// run delivers frames until the device is reset (ctx is done) or the
+// queue breaks.
+func (w *rxWorker) run(ctx context.Context) {
 	// step does its own waiting (for buffers and for frames): no kick.
-	w.d.queueLoop("virtio-net receive queue", nil, w.tr, w.stop).Run(w.step)
+	w.d.queueLoop("virtio-net receive queue", nil, w.used.Transport).Run(ctx, w.step)
 }
 
-// step waits for buffers, then for a frame, and delivers it. An error other
-// than errStopped means the queue is broken.
-func (w *rxWorker) step() error {
+// step waits for buffers, then for a frame, and delivers it. Once ctx is
+// done it returns at the next wait; any other error means the queue is
+// broken.
+func (w *rxWorker) step(ctx context.Context) error {
 	d := w.d
 	enabled := d.guestOff.Load()
-	if err := w.fill(w.hdrLen + d.maxRxFrame(enabled)); err != nil {
+	if err := w.fill(ctx, w.hdrLen+d.maxRxFrame(enabled)); err != nil {
 		return err
 	}
 	iovCap := w.buildIov(w.hdrLen + d.maxRxFrame(enabled))
 	n, err := d.be.ReadV(w.iov, false)
 	if err != nil && errors.Is(err, unix.EAGAIN) {
 		// Nothing queued: give the driver what is done before sleeping.
-		if err := w.publish(); err != nil {
+		if err := w.used.Publish(); err != nil {
 			return err
 		}
 		n, err = d.be.ReadV(w.iov, true)
 	}
 	if err != nil {
 		switch {
-		case w.stop.Load():
-			return errStopped
+		case ctx.Err() != nil:
+			return ctx.Err()
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			// Woken by wakeRx: size the buffers again.
-			if d.rxWake.Swap(false) {
-				d.resumeRx(w.stop)
-			}
+			// Woken by the control worker: size the buffers again.
+			w.wait.rearm()
 		default:
 			d.stats.rxBackendErrors.Add(1)
 			d.hlog.Warn("virtio-net: reading from the tap failed", "err", err)
@@ -126,25 +177,24 @@ func (w *rxWorker) enough(need int) bool {
 // settles for less when the driver has no descriptor left to post (every
 // descriptor is held), so that a driver posting few small buffers still
 // receives the frames that fit.
-func (w *rxWorker) fill(need int) error {
+func (w *rxWorker) fill(ctx context.Context, need int) error {
 	d := w.d
 	for !w.enough(need) && w.count < w.size {
-		if w.stop.Load() {
-			return errStopped
+		if err := ctx.Err(); err != nil {
+			return err
 		}
 		c := &w.pool[(w.head+w.count)%w.size]
 		ok, err := w.q.Pop(c)
 		if err != nil {
-			return errors.Join(err, w.publish())
+			return errors.Join(err, w.used.Publish())
 		}
 		if ok {
 			if len(c.Readable) > 0 || int(c.WriteLen) < w.hdrLen {
 				d.stats.rxBadChain.Add(1)
 				d.guestFault("rx", errRxChain)
-				if err := w.q.Push(c.Head, 0); err != nil {
+				if err := w.used.Push(c.Head, 0); err != nil {
 					return err
 				}
-				w.pending++
 				continue
 			}
 			w.count++
@@ -155,7 +205,7 @@ func (w *rxWorker) fill(need int) error {
 		if w.count > 0 && w.heldBufs >= w.size {
 			return nil
 		}
-		if err := w.publish(); err != nil {
+		if err := w.used.Publish(); err != nil {
 			return err
 		}
 		pending, err := w.q.EnableNotify()
@@ -167,8 +217,8 @@ func (w *rxWorker) fill(need int) error {
 		}
 		d.stats.rxNoBuffer.Add(1)
 		if _, err := w.kick.Wait(); err != nil {
-			if errors.Is(err, eventfd.ErrCanceled) || w.stop.Load() {
-				return errStopped
+			if errors.Is(err, eventfd.ErrCanceled) || ctx.Err() != nil {
+				return ctx.Err()
 			}
 			d.hlog.Error("virtio-net: receive notification failed; queue stopped", "err", err)
 			return fmt.Errorf("notification: %w", err)
@@ -221,7 +271,7 @@ func (w *rxWorker) deliver(n, iovCap int, enabled uint64) error {
 		return nil
 	}
 	hdr := w.hdr[:w.hdrLen]
-	gather(hdr, w.iov, 0)
+	virtio.Gather(hdr, w.iov, 0)
 	in := DecodeHeader(hdr)
 	h, ok := SanitizeRxHeader(in, frameLen, enabled)
 	if !ok {
@@ -234,7 +284,7 @@ func (w *rxWorker) deliver(n, iovCap int, enabled uint64) error {
 		d.stats.rxFlagsCleared.Add(1)
 	}
 	if w.locked {
-		gather(w.dst[:], w.iov, w.hdrLen)
+		virtio.Gather(w.dst[:], w.iov, w.hdrLen)
 		if w.dst[0]&1 == 0 && w.dst != d.mac {
 			d.stats.rxFiltered.Add(1)
 			return nil
@@ -249,43 +299,27 @@ func (w *rxWorker) deliver(n, iovCap int, enabled uint64) error {
 	}
 	h.NumBuffers = uint16(k)
 	h.Encode(hdr)
-	scatter(w.iov, 0, hdr)
+	virtio.Scatter(w.iov, 0, hdr)
 	rem := n
 	for i := 0; i < k; i++ {
 		c := &w.pool[w.head]
 		l := min(rem, int(c.WriteLen))
 		rem -= l
-		if err := w.q.Push(c.Head, uint32(l)); err != nil {
+		if err := w.used.Push(c.Head, uint32(l)); err != nil {
 			return err
 		}
 		w.heldCap -= int(c.WriteLen)
 		w.heldBufs -= len(c.Writable)
 		w.head = (w.head + 1) % w.size
 		w.count--
-		w.pending++
 	}
 	d.stats.rxPackets.Add(1)
 	d.stats.rxBytes.Add(uint64(frameLen))
 	if h.GSOType != GSONone {
 		d.stats.rxGSO.Add(1)
 	}
-	if w.pending >= batchMax {
-		return w.publish()
-	}
-	return nil
-}
-
-func (w *rxWorker) publish() error {
-	if w.pending == 0 {
-		return nil
-	}
-	w.pending = 0
-	notify, err := w.q.Publish()
-	if err != nil {
-		return err
-	}
-	if notify {
-		w.tr.Notify(RxQueue)
+	if w.used.Pending() >= batchMax {
+		return w.used.Publish()
 	}
 	return nil
 }

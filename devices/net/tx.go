@@ -1,10 +1,9 @@
 package net
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"sync"
-	"sync/atomic"
 
 	"github.com/govmd/govmd/devices/net/tap"
 	"github.com/govmd/govmd/internal/eventfd"
@@ -27,26 +26,23 @@ type txWorker struct {
 	d      *Device
 	q      *virtio.Queue
 	kick   *eventfd.EventFD
-	tr     virtio.Transport
-	stop   *atomic.Bool
+	used   virtio.Used
 	acked  uint64
 	hdrLen int
 	locked bool
 
-	chain   virtio.Chain
-	hdr     [HdrLen]byte    // the validated copy of the header
-	eth     [ethHdrLen]byte // the copy of the Ethernet header
-	iov     [][]byte
-	pending int
+	chain virtio.Chain
+	hdr   [HdrLen]byte    // the validated copy of the header
+	eth   [ethHdrLen]byte // the copy of the Ethernet header
+	iov   [][]byte
 }
 
-func newTxWorker(d *Device, a virtio.Activation, stop *atomic.Bool) *txWorker {
+func newTxWorker(d *Device, a virtio.Activation) *txWorker {
 	return &txWorker{
 		d:      d,
 		q:      a.Queues[TxQueue],
 		kick:   a.Kicks[TxQueue],
-		tr:     a.Transport,
-		stop:   stop,
+		used:   virtio.Used{Queue: a.Queues[TxQueue], Index: TxQueue, Transport: a.Transport},
 		acked:  a.Features,
 		hdrLen: hdrLenFor(a.Features),
 		locked: d.locked,
@@ -54,65 +50,23 @@ func newTxWorker(d *Device, a virtio.Activation, stop *atomic.Bool) *txWorker {
 	}
 }
 
-// run serves the queue until the device is reset or the queue breaks.
-func (w *txWorker) run(wg *sync.WaitGroup) {
-	defer wg.Done()
-	w.d.queueLoop("virtio-net transmit queue", w.kick, w.tr, w.stop).Run(w.drain)
+// run serves the queue until the device is reset (ctx is done) or the
+// queue breaks.
+func (w *txWorker) run(ctx context.Context) {
+	w.d.queueLoop("virtio-net transmit queue", w.kick, w.used.Transport).Run(ctx, w.drain)
 }
 
 // drain sends every available frame, publishing used elements at least
 // every batchMax frames, until the queue is empty with notifications
-// enabled. An error means the queue is broken.
-func (w *txWorker) drain() error {
-	for {
-		if err := w.q.DisableNotify(); err != nil {
-			return err
-		}
-		for {
-			if w.stop.Load() {
-				return errStopped
-			}
-			ok, err := w.q.Pop(&w.chain)
-			if err != nil {
-				return errors.Join(err, w.publish())
-			}
-			if !ok {
-				break
-			}
-			w.send(&w.chain)
-			if err := w.q.Push(w.chain.Head, 0); err != nil {
-				return err
-			}
-			w.pending++
-			if w.pending >= batchMax {
-				if err := w.publish(); err != nil {
-					return err
-				}
-			}
-		}
-		if err := w.publish(); err != nil {
-			return err
-		}
-		pending, err := w.q.EnableNotify()
-		if err != nil || !pending {
-			return err
-		}
-	}
+// enabled. An error other than ctx's means the queue is broken.
+func (w *txWorker) drain(ctx context.Context) error {
+	return virtio.Drain(ctx, w.q, &w.chain, batchMax, w.serve, w.used.Publish)
 }
 
-func (w *txWorker) publish() error {
-	if w.pending == 0 {
-		return nil
-	}
-	w.pending = 0
-	notify, err := w.q.Publish()
-	if err != nil {
-		return err
-	}
-	if notify {
-		w.tr.Notify(TxQueue)
-	}
-	return nil
+// serve sends one chain's frame and completes the chain.
+func (w *txWorker) serve(c *virtio.Chain) error {
+	w.send(c)
+	return w.used.Push(c.Head, 0)
 }
 
 // send checks one chain and writes its frame to the backend. A bad frame
@@ -135,7 +89,7 @@ func (w *txWorker) send(c *virtio.Chain) {
 		return
 	}
 	hdr := w.hdr[:w.hdrLen]
-	gather(hdr, c.Readable, 0) // copied once: the guest may change it
+	virtio.Gather(hdr, c.Readable, 0) // copied once: the guest may change it
 	h := DecodeHeader(hdr)
 	frameLen := int(c.ReadLen) - w.hdrLen
 	if err := ValidateTxHeader(h, frameLen, w.acked); err != nil {
@@ -144,7 +98,7 @@ func (w *txWorker) send(c *virtio.Chain) {
 		return
 	}
 	txCanonical(h).Encode(hdr)
-	gather(w.eth[:], c.Readable, w.hdrLen)
+	virtio.Gather(w.eth[:], c.Readable, w.hdrLen)
 	if w.locked && [6]byte(w.eth[6:12]) != d.mac {
 		d.stats.txSpoofed.Add(1)
 		d.glog.Warn("virtio-net: transmitted frame with a foreign source address dropped (locked)",
@@ -154,7 +108,7 @@ func (w *txWorker) send(c *virtio.Chain) {
 	// The tap gets the checked copies of both headers, then the rest of
 	// the frame straight from guest memory.
 	w.iov = append(w.iov[:0], hdr, w.eth[:])
-	w.iov = appendFrom(w.iov, c.Readable, w.hdrLen+ethHdrLen)
+	w.iov = virtio.AppendFrom(w.iov, c.Readable, w.hdrLen+ethHdrLen)
 	_, err := d.be.WriteV(w.iov)
 	clear(w.iov) // do not keep guest memory reachable
 	if err != nil {

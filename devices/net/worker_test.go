@@ -2,8 +2,8 @@ package net
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
-	"sync/atomic"
 	"testing"
 
 	"github.com/govmd/govmd/virtio"
@@ -35,8 +35,7 @@ func TestTxNoAllocs(t *testing.T) {
 	be := newFakeBE()
 	d := newTestDevice(t, be, Config{Locked: true})
 	e := newQEnv(t, 256, acked, 4<<20)
-	var stop atomic.Bool
-	w := newTxWorker(d, e.activation(TxQueue, acked, &fakeTransport{}), &stop)
+	w := newTxWorker(d, e.activation(TxQueue, acked, &fakeTransport{}))
 	data := tcpFrame(HdrLen, 65000, true)
 	addr := e.alloc.Get(uint64(len(data)), 64)
 	e.mem.WriteAt(data, addr)
@@ -45,7 +44,7 @@ func TestTxNoAllocs(t *testing.T) {
 	run := func() {
 		e.ring.AddQuiet(bufs...)
 		e.ring.SetAvailIdx(e.ring.AvailIdx())
-		if err := w.drain(); err != nil {
+		if err := w.drain(context.Background()); err != nil {
 			failed = true
 		}
 		if _, _, ok := e.ring.PopUsed(); !ok {
@@ -81,8 +80,7 @@ func TestRxNoAllocs(t *testing.T) {
 			d := newTestDevice(t, be, Config{})
 			e := newQEnv(t, 256, tc.acked, 8<<20)
 			d.guestOff.Store(tc.acked & GuestOffloads)
-			var stop atomic.Bool
-			w := newRxWorker(d, e.activation(RxQueue, tc.acked, &fakeTransport{}), &stop)
+			w := newRxWorker(d, e.activation(RxQueue, tc.acked, &fakeTransport{}), &rxWait{be: be})
 			chains := make([][]virtiotest.Buf, 256)
 			for i := 0; i < tc.bufs; i++ {
 				addr := e.alloc.Get(uint64(tc.bufLen), 64)
@@ -105,10 +103,10 @@ func TestRxNoAllocs(t *testing.T) {
 			var failed bool
 			held := make([][]virtiotest.Buf, 0, 64)
 			run := func() {
-				if err := w.step(); err != nil {
+				if err := w.step(context.Background()); err != nil {
 					failed = true
 				}
-				if err := w.publish(); err != nil {
+				if err := w.used.Publish(); err != nil {
 					failed = true
 				}
 				held = held[:0]
@@ -200,13 +198,10 @@ func FuzzCtrlQueue(f *testing.F) {
 		d := newTestDevice(t, be, Config{})
 		e := newQEnv(t, 16, acked, 256<<10)
 		tr := &fakeTransport{}
-		var stop atomic.Bool
-		w := newCtrlWorker(d, e.activation(CtrlQueue, acked, tr), &stop)
-		d.offMu.Lock()
-		if err := d.setGuestOffloadsLocked(acked & GuestOffloads); err != nil {
+		w := newCtrlWorker(d, e.activation(CtrlQueue, acked, tr), &rxWait{be: be})
+		if err := d.setGuestOffloads(acked & GuestOffloads); err != nil {
 			t.Fatal(err)
 		}
-		d.offMu.Unlock()
 
 		var bufs []virtiotest.Buf
 		if len(req) > 0 {
@@ -224,7 +219,7 @@ func FuzzCtrlQueue(f *testing.F) {
 			bufs = append(bufs, virtiotest.Buf{Addr: ackAddr, Len: uint32(ackLen), Write: true})
 		}
 		e.ring.Add(bufs...)
-		err := w.drain()
+		err := w.drain(context.Background())
 		if ackLen == 0 {
 			if err == nil {
 				t.Fatal("request without an ack byte accepted")

@@ -5,7 +5,6 @@
 package eventfd
 
 import (
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -76,12 +75,6 @@ func (e *EventFD) Cancel() { _ = e.f.SetReadDeadline(time.Unix(1, 0)) }
 
 // Resume undoes Cancel.
 func (e *EventFD) Resume() { _ = e.f.SetReadDeadline(time.Time{}) }
-
-// CancelOnDone cancels waits when ctx is done and returns a function that
-// stops that arrangement.
-func (e *EventFD) CancelOnDone(ctx context.Context) (stop func() bool) {
-	return context.AfterFunc(ctx, e.Cancel)
-}
 
 // Close closes the eventfd.
 func (e *EventFD) Close() error { return e.f.Close() }

@@ -104,8 +104,8 @@ func FuzzRegisters(f *testing.F) {
 				}
 			}
 			if kind&0x80 != 0 {
-				tr.QueueInterrupt(int(kind & 1))
-				tr.ConfigInterrupt()
+				tr.Notify(int(kind & 1))
+				tr.ConfigChanged()
 				tr.Resample()
 			}
 			active := tr.Common().Active()

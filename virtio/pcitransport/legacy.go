@@ -66,21 +66,25 @@ func (t *Transport) readLegacy(off uint64, data []byte) {
 	case off == legacyHostFeatures && n == 4:
 		le.PutUint32(data, uint32(t.common.OfferedFeatures(true)))
 	case off == legacyGuestFeatures && n == 4:
-		le.PutUint32(data, uint32(t.common.AckedFeatures()))
+		le.PutUint32(data, uint32(t.common.DriverFeatures()))
 	case off == legacyQueuePFN && n == 4:
-		le.PutUint32(data, t.common.QueuePFN())
+		if cfg, enabled := t.common.Queue(t.selectedQueue()); enabled {
+			le.PutUint32(data, uint32(cfg.DescAddr/legacyPageSize))
+		}
 	case off == legacyQueueNum && n == 2:
-		le.PutUint16(data, t.common.QueueMaxSize())
+		le.PutUint16(data, t.common.QueueMax(t.selectedQueue()))
 	case off == legacyQueueSel && n == 2:
-		le.PutUint16(data, t.common.QueueSelect())
+		le.PutUint16(data, uint16(t.selectedQueue()))
 	case off == legacyStatus && n == 1:
 		data[0] = t.common.Status()
 	case off == legacyISR && n == 1:
 		data[0] = t.readISR()
 	case off == legacyConfigVector && n == 2:
-		le.PutUint16(data, t.common.ConfigVector())
+		t.regs.mu.Lock()
+		le.PutUint16(data, t.regs.configVector)
+		t.regs.mu.Unlock()
 	case off == legacyQueueVector && n == 2:
-		le.PutUint16(data, t.common.QueueVector())
+		le.PutUint16(data, t.queueVector())
 	default:
 		t.fault("legacy read of %d bytes at %#x", n, off)
 	}
@@ -102,7 +106,7 @@ func (t *Transport) writeLegacy(off uint64, data []byte) {
 			t.fault("legacy notify of queue %d", q)
 			return
 		}
-		t.common.Notify(int(q))
+		_ = t.common.Kick(int(q)).Write()
 		return
 	case off == legacyStatus && n == 1:
 		if !t.claim(true) {
@@ -116,20 +120,24 @@ func (t *Transport) writeLegacy(off uint64, data []byte) {
 	}
 	switch {
 	case off == legacyGuestFeatures && n == 4:
-		t.common.DriverFeatureSelect(0)
-		t.common.SetDriverFeatures(le.Uint32(data))
+		t.common.SetDriverFeatures(0, le.Uint32(data))
 	case off == legacyQueuePFN && n == 4:
-		t.common.SetQueuePFN(le.Uint32(data))
+		pfn := le.Uint32(data)
+		max := t.common.QueueMax(t.selectedQueue())
+		t.setQueue("queue PFN", func(cfg *virtio.QueueConfig, enabled *bool) {
+			*cfg, *enabled = legacyRings(pfn, max), pfn != 0
+		})
 	case off == legacyQueueSel && n == 2:
-		t.common.SelectQueue(le.Uint16(data))
+		t.regs.mu.Lock()
+		t.regs.queueSel = le.Uint16(data)
+		t.regs.mu.Unlock()
 	case off == legacyConfigVector && n == 2:
-		t.common.SetConfigVector(t.vectorOK(le.Uint16(data)))
+		v := t.vectorOK(le.Uint16(data))
+		t.regs.mu.Lock()
+		t.regs.configVector = v
+		t.regs.mu.Unlock()
 	case off == legacyQueueVector && n == 2:
-		if int(t.common.QueueSelect()) >= t.nq {
-			t.fault("legacy queue vector for queue %d", t.common.QueueSelect())
-			return
-		}
-		t.common.SetQueueVector(t.vectorOK(le.Uint16(data)))
+		t.setQueueVector(le.Uint16(data))
 	default:
 		t.fault("legacy write of %d bytes at %#x", n, off)
 	}
@@ -138,4 +146,22 @@ func (t *Transport) writeLegacy(off uint64, data []byte) {
 // LegacyNotifyOffset is the offset of the legacy queue notify register.
 const LegacyNotifyOffset = legacyNotify
 
-var _ virtio.Interrupter = (*Transport)(nil)
+// legacyPageSize is the legacy interface's queue address unit and ring
+// alignment.
+const legacyPageSize = 4096
+
+// legacyRings is the legacy interface's queue layout: the rings laid out
+// contiguously from pfn*4096 with the queue at its maximum size n, the used
+// ring on the next page boundary (virtio 0.9.5, 2.3). PFN 0 disables the
+// queue.
+func legacyRings(pfn uint32, n uint16) virtio.QueueConfig {
+	if pfn == 0 {
+		return virtio.QueueConfig{Size: n}
+	}
+	desc := uint64(pfn) * legacyPageSize
+	avail := desc + 16*uint64(n)
+	used := (avail + 6 + 2*uint64(n) + legacyPageSize - 1) &^ (legacyPageSize - 1)
+	return virtio.QueueConfig{Size: n, DescAddr: desc, AvailAddr: avail, UsedAddr: used}
+}
+
+var _ virtio.Transport = (*Transport)(nil)

@@ -174,7 +174,7 @@ func (t *Transport) writeModern(off uint64, data []byte) {
 			t.fault("notification at offset %#x", rel)
 			return
 		}
-		t.common.Notify(q)
+		_ = t.common.Kick(q).Write()
 	default:
 		t.fault("modern BAR write at %#x", off)
 	}
@@ -186,48 +186,67 @@ func (t *Transport) readCommon(off uint64, data []byte) {
 	le := binary.LittleEndian
 	c := t.common
 	n := len(data)
+	r := &t.regs
 	switch {
 	case off == ccDeviceFeatureSelect && n == 4:
-		le.PutUint32(data, c.DeviceFeatureSel())
+		r.mu.Lock()
+		le.PutUint32(data, r.devFeatureSel)
+		r.mu.Unlock()
 	case off == ccDeviceFeature && n == 4:
-		if t.common.Status() == 0 && t.mode == Transitional {
+		if c.Status() == 0 && t.mode == Transitional {
 			// A modern driver is probing: offer the modern feature set.
 			c.SetLegacy(false)
 		}
-		le.PutUint32(data, c.DeviceFeatures())
+		r.mu.Lock()
+		sel := r.devFeatureSel
+		r.mu.Unlock()
+		if sel <= 1 {
+			le.PutUint32(data, uint32(c.OfferedFeatures(c.Legacy())>>(32*sel)))
+		}
 	case off == ccDriverFeatureSelect && n == 4:
-		le.PutUint32(data, c.DriverFeatureSel())
+		r.mu.Lock()
+		le.PutUint32(data, r.drvFeatureSel)
+		r.mu.Unlock()
 	case off == ccDriverFeature && n == 4:
-		le.PutUint32(data, c.DriverFeatures())
+		r.mu.Lock()
+		sel := r.drvFeatureSel
+		r.mu.Unlock()
+		if sel <= 1 {
+			le.PutUint32(data, uint32(c.DriverFeatures()>>(32*sel)))
+		}
 	case off == ccConfigMSIXVector && n == 2:
-		le.PutUint16(data, c.ConfigVector())
+		r.mu.Lock()
+		le.PutUint16(data, r.configVector)
+		r.mu.Unlock()
 	case off == ccNumQueues && n == 2:
 		le.PutUint16(data, uint16(t.nq))
 	case off == ccDeviceStatus && n == 1:
 		data[0] = c.Status()
 	case off == ccConfigGeneration && n == 1:
-		data[0] = c.ConfigGeneration()
+		data[0] = uint8(t.generation.Load())
 	case off == ccQueueSelect && n == 2:
-		le.PutUint16(data, c.QueueSelect())
+		le.PutUint16(data, uint16(t.selectedQueue()))
 	case off == ccQueueSize && n == 2:
-		le.PutUint16(data, c.QueueSize())
+		cfg, _ := c.Queue(t.selectedQueue())
+		le.PutUint16(data, cfg.Size)
 	case off == ccQueueMSIXVector && n == 2:
-		le.PutUint16(data, c.QueueVector())
+		le.PutUint16(data, t.queueVector())
 	case off == ccQueueEnable && n == 2:
-		if c.QueueEnabled() {
+		if _, enabled := c.Queue(t.selectedQueue()); enabled {
 			le.PutUint16(data, 1)
 		}
 	case off == ccQueueNotifyOff && n == 2:
-		if q := c.QueueSelect(); int(q) < t.nq {
-			le.PutUint16(data, q)
+		if q := t.selectedQueue(); q < t.nq {
+			le.PutUint16(data, uint16(q))
 		}
 	case off >= ccQueueDesc && off < ccSize:
-		k, hi, ok := queueAddr(off, n)
+		area, hi, ok := queueAddr(off, n)
 		if !ok {
 			t.fault("common configuration read of %d bytes at %#x", n, off)
 			return
 		}
-		v := c.QueueAddr(k)
+		cfg, _ := c.Queue(t.selectedQueue())
+		v := *ringAddr(&cfg, area)
 		switch {
 		case n == 8:
 			le.PutUint64(data, v)
@@ -242,34 +261,54 @@ func (t *Transport) readCommon(off uint64, data []byte) {
 }
 
 // queueAddr decodes an access to one of the three 64-bit queue address
-// registers.
-func queueAddr(off uint64, n int) (k virtio.QueueAddrKind, hi, ok bool) {
+// registers: which one (0 descriptors, 1 driver area, 2 device area), and
+// whether a 32-bit access is to its upper half.
+func queueAddr(off uint64, n int) (area int, hi, ok bool) {
 	rel := off - ccQueueDesc
-	k = virtio.QueueAddrKind(rel / 8)
+	area = int(rel / 8)
 	switch {
 	case n == 8 && rel%8 == 0:
-		return k, false, true
+		return area, false, true
 	case n == 4 && rel%4 == 0:
-		return k, rel%8 == 4, true
+		return area, rel%8 == 4, true
 	}
 	return 0, false, false
+}
+
+// ringAddr returns the address field of cfg that queue address register
+// area holds.
+func ringAddr(cfg *virtio.QueueConfig, area int) *uint64 {
+	switch area {
+	case 0:
+		return &cfg.DescAddr
+	case 1:
+		return &cfg.AvailAddr
+	}
+	return &cfg.UsedAddr
 }
 
 func (t *Transport) writeCommon(off uint64, data []byte) {
 	le := binary.LittleEndian
 	c := t.common
 	n := len(data)
+	r := &t.regs
 	// Selectors may be written at any time; everything else decides the
 	// interface a transitional device's driver uses.
 	switch {
 	case off == ccDeviceFeatureSelect && n == 4:
-		c.DeviceFeatureSelect(le.Uint32(data))
+		r.mu.Lock()
+		r.devFeatureSel = le.Uint32(data)
+		r.mu.Unlock()
 		return
 	case off == ccDriverFeatureSelect && n == 4:
-		c.DriverFeatureSelect(le.Uint32(data))
+		r.mu.Lock()
+		r.drvFeatureSel = le.Uint32(data)
+		r.mu.Unlock()
 		return
 	case off == ccQueueSelect && n == 2:
-		c.SelectQueue(le.Uint16(data))
+		r.mu.Lock()
+		r.queueSel = le.Uint16(data)
+		r.mu.Unlock()
 		return
 	}
 	if !t.claim(false) {
@@ -277,41 +316,47 @@ func (t *Transport) writeCommon(off uint64, data []byte) {
 	}
 	switch {
 	case off == ccDriverFeature && n == 4:
-		c.SetDriverFeatures(le.Uint32(data))
+		r.mu.Lock()
+		sel := r.drvFeatureSel
+		r.mu.Unlock()
+		c.SetDriverFeatures(sel, le.Uint32(data))
 	case off == ccConfigMSIXVector && n == 2:
-		c.SetConfigVector(t.vectorOK(le.Uint16(data)))
+		v := t.vectorOK(le.Uint16(data))
+		r.mu.Lock()
+		r.configVector = v
+		r.mu.Unlock()
 	case off == ccDeviceStatus && n == 1:
 		t.setStatus(data[0])
 	case off == ccQueueSize && n == 2:
-		c.SetQueueSize(le.Uint16(data))
+		t.setQueue("queue size", func(cfg *virtio.QueueConfig, _ *bool) { cfg.Size = le.Uint16(data) })
 	case off == ccQueueMSIXVector && n == 2:
-		if int(c.QueueSelect()) >= t.nq {
-			t.fault("queue vector for queue %d", c.QueueSelect())
-			return
-		}
-		c.SetQueueVector(t.vectorOK(le.Uint16(data)))
+		t.setQueueVector(le.Uint16(data))
 	case off == ccQueueEnable && n == 2:
 		switch le.Uint16(data) {
 		case 1:
-			c.SetQueueEnabled(true)
+			t.setQueue("queue enable", func(_ *virtio.QueueConfig, enabled *bool) { *enabled = true })
 		case 0:
 			// Writing 0 is not defined for the driver; ignore it.
 		default:
 			t.fault("queue_enable written with %#x", le.Uint16(data))
 		}
 	case off >= ccQueueDesc && off < ccSize:
-		k, hi, ok := queueAddr(off, n)
+		area, hi, ok := queueAddr(off, n)
 		if !ok {
 			t.fault("common configuration write of %d bytes at %#x", n, off)
 			return
 		}
-		if n == 8 {
-			v := le.Uint64(data)
-			c.SetQueueAddr(k, false, uint32(v))
-			c.SetQueueAddr(k, true, uint32(v>>32))
-			return
-		}
-		c.SetQueueAddr(k, hi, le.Uint32(data))
+		t.setQueue("queue address", func(cfg *virtio.QueueConfig, _ *bool) {
+			p := ringAddr(cfg, area)
+			switch {
+			case n == 8:
+				*p = le.Uint64(data)
+			case hi:
+				*p = *p&0xffffffff | uint64(le.Uint32(data))<<32
+			default:
+				*p = *p&^0xffffffff | uint64(le.Uint32(data))
+			}
+		})
 	default:
 		t.fault("common configuration write of %d bytes at %#x", n, off)
 	}

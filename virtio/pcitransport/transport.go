@@ -3,10 +3,13 @@
 // (1.x) vendor capabilities in a memory BAR, or both at once (a transitional
 // device, which a legacy or a modern driver can use).
 //
-// The transport maps registers onto virtio.Common, which owns feature
-// negotiation, the status state machine and queue configuration (latched at
-// DRIVER_OK). Interrupts leave through MSI-X, one vector per queue plus one
-// for configuration changes, or through INTx with the ISR register; the VMM
+// The transport keeps its own registers (feature and queue selectors, the
+// MSI-X vectors, the ISR, the configuration generation) and hands
+// virtio.Common, which owns feature negotiation, the status state machine
+// and queue configuration (latched at DRIVER_OK), whole values. It is the
+// device's virtio.Transport: used-buffer notifications and configuration
+// changes leave through MSI-X, one vector per queue plus one for
+// configuration changes, or through INTx with the ISR register; the VMM
 // implements both with KVM irqfds (see MSIXSink and INTxLine). Queue
 // notifications arrive through KVM ioeventfds registered at the notification
 // addresses (see Doorbells), or through a register write that reaches the
@@ -39,6 +42,9 @@ import (
 	"github.com/govmd/govmd/pci"
 	"github.com/govmd/govmd/virtio"
 )
+
+// NoVector is the MSI-X "no vector" value of the vector registers.
+const NoVector = 0xffff
 
 // Mode selects which interfaces the function presents.
 type Mode int
@@ -77,6 +83,18 @@ func ParseMode(s string) (Mode, error) {
 		return Legacy, nil
 	}
 	return 0, fmt.Errorf("unknown virtio transport %q (want transitional, modern or legacy)", s)
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (m Mode) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (m *Mode) UnmarshalText(b []byte) error {
+	v, err := ParseMode(string(b))
+	if err == nil {
+		*m = v
+	}
+	return err
 }
 
 func (m Mode) hasLegacy() bool { return m == Transitional || m == Legacy }
@@ -160,8 +178,8 @@ type Config struct {
 	Log       *slog.Logger
 }
 
-// Transport is one virtio PCI function. It implements pci.Device and
-// pci.BARObserver.
+// Transport is one virtio PCI function. It implements pci.Device,
+// pci.BARObserver and, for its device, virtio.Transport.
 type Transport struct {
 	mode   Mode
 	dev    virtio.Device
@@ -170,17 +188,41 @@ type Transport struct {
 	msix   *pci.MSIX
 	intx   INTxLine
 	bells  Doorbells
-	log    *ratelimit.Logger
-	slog   *slog.Logger
+	glog   *ratelimit.Logger // driver mistakes and what a driver can repeat at will
+	log    *slog.Logger
 
 	legacySize uint64 // size of the legacy I/O BAR
 	nq         int
 
-	isr    atomic.Uint32
-	faults atomic.Uint64
+	regs       regs
+	isr        atomic.Uint32
+	generation atomic.Uint32   // configuration generation
+	notices    []atomic.Uint64 // used-buffer notifications sent, per queue
+	faults     atomic.Uint64
 
-	bellMu sync.Mutex
-	bells0 []bell // registered doorbells
+	bellMu     sync.Mutex
+	registered []bell // registered doorbells
+}
+
+// regs holds the transport's own registers: the feature and queue
+// selectors and the MSI-X vectors. They reset with the device.
+type regs struct {
+	mu            sync.Mutex
+	devFeatureSel uint32
+	drvFeatureSel uint32
+	queueSel      uint16
+	configVector  uint16
+	queueVectors  []uint16
+}
+
+func (r *regs) reset() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.devFeatureSel, r.drvFeatureSel, r.queueSel = 0, 0, 0
+	r.configVector = NoVector
+	for i := range r.queueVectors {
+		r.queueVectors[i] = NoVector
+	}
 }
 
 type bell struct {
@@ -209,13 +251,16 @@ func New(cfg Config) (*Transport, error) {
 		dev:   cfg.Device,
 		intx:  cfg.INTx,
 		bells: cfg.Doorbells,
-		slog:  log,
-		log:   ratelimit.New(log, 10*time.Second, 10),
+		log:   log,
+		glog:  ratelimit.New(log, 10*time.Second, 10),
 		nq:    len(cfg.Device.QueueSizes()),
 	}
-	if t.nq == 0 || t.nq >= virtio.NoVector {
+	if t.nq == 0 || t.nq >= NoVector {
 		return nil, fmt.Errorf("pcitransport: device has %d queues", t.nq)
 	}
+	t.notices = make([]atomic.Uint64, t.nq)
+	t.regs.queueVectors = make([]uint16, t.nq)
+	t.regs.reset()
 	common, err := virtio.NewCommon(cfg.Device, cfg.Mem, t, log)
 	if err != nil {
 		return nil, err
@@ -324,13 +369,23 @@ func (t *Transport) MSIX() *pci.MSIX { return t.msix }
 // by its virtio.Common.
 func (t *Transport) Faults() uint64 { return t.faults.Load() + t.common.Faults() }
 
+// Notifications returns how many used-buffer notifications the device
+// sent for each queue since it was created.
+func (t *Transport) Notifications() []uint64 {
+	out := make([]uint64, len(t.notices))
+	for i := range t.notices {
+		out[i] = t.notices[i].Load()
+	}
+	return out
+}
+
 // Close resets the device and releases its eventfds. Doorbells must have
 // been removed by the VMM before (or the VM torn down).
 func (t *Transport) Close() error { return t.common.Close() }
 
 func (t *Transport) fault(format string, args ...any) {
 	t.faults.Add(1)
-	t.log.Warn("virtio-pci driver error", "device", t.dev.Type(), "err", fmt.Sprintf(format, args...))
+	t.glog.Warn("virtio-pci driver error", "device", t.dev.Type(), "err", fmt.Sprintf(format, args...))
 }
 
 // ReadBAR implements pci.Device.
@@ -366,10 +421,19 @@ func (t *Transport) WriteBAR(bar int, off uint64, data []byte) {
 	}
 }
 
-// QueueInterrupt implements virtio.Interrupter.
-func (t *Transport) QueueInterrupt(q int) {
+// Notify implements virtio.Transport: queue q's used-buffer notification,
+// through the queue's MSI-X vector (none if the driver set NoVector) or,
+// without MSI-X, INTx and the ISR's queue bit.
+func (t *Transport) Notify(q int) {
+	if q < 0 || q >= t.nq {
+		return
+	}
+	t.notices[q].Add(1)
 	if t.msix.Enabled() {
-		if v := t.common.Vector(q); v != virtio.NoVector {
+		t.regs.mu.Lock()
+		v := t.regs.queueVectors[q]
+		t.regs.mu.Unlock()
+		if v != NoVector {
 			t.msix.Trigger(int(v))
 		}
 		return
@@ -377,10 +441,31 @@ func (t *Transport) QueueInterrupt(q int) {
 	t.raiseINTx(isrQueue)
 }
 
-// ConfigInterrupt implements virtio.Interrupter.
-func (t *Transport) ConfigInterrupt() {
+// ConfigChanged implements virtio.Transport: the device configuration
+// changed; the generation counter moves and the driver is interrupted.
+func (t *Transport) ConfigChanged() {
+	t.generation.Add(1)
+	t.configInterrupt()
+}
+
+// NeedsReset implements virtio.Transport: the device stopped on an error
+// (usually a driver mistake); the status shows DEVICE_NEEDS_RESET and the
+// driver gets a configuration-change interrupt, once.
+func (t *Transport) NeedsReset(reason error) {
+	t.glog.Warn("virtio device needs reset", "device", t.dev.Type(), "err", reason)
+	if t.common.MarkNeedsReset() {
+		t.configInterrupt()
+	}
+}
+
+// configInterrupt sends the configuration-change interrupt: the config
+// vector, or without MSI-X, INTx and the ISR's config bit.
+func (t *Transport) configInterrupt() {
 	if t.msix.Enabled() {
-		if v := t.common.ConfigVector(); v != virtio.NoVector {
+		t.regs.mu.Lock()
+		v := t.regs.configVector
+		t.regs.mu.Unlock()
+		if v != NoVector {
 			t.msix.Trigger(int(v))
 		}
 		return
@@ -422,20 +507,65 @@ func (t *Transport) readISR() uint8 {
 // beyond the table becomes NoVector (which the driver reads back, as the
 // specification asks).
 func (t *Transport) vectorOK(v uint16) uint16 {
-	if v != virtio.NoVector && int(v) >= t.msix.Vectors() {
+	if v != NoVector && int(v) >= t.msix.Vectors() {
 		t.fault("MSI-X vector %d beyond table of %d", v, t.msix.Vectors())
-		return virtio.NoVector
+		return NoVector
 	}
 	return v
 }
 
-// setStatus writes the status register; a reset also clears the ISR.
+// setStatus writes the status register; a reset also clears the ISR and
+// the transport's registers.
 func (t *Transport) setStatus(v uint8) {
-	t.common.SetStatus(v)
+	if t.common.SetStatus(v) {
+		t.configInterrupt() // activation failed: DEVICE_NEEDS_RESET
+	}
 	if v == 0 {
+		t.regs.reset()
 		t.isr.Store(0)
 		t.cs.SetInterruptStatus(false)
 	}
+}
+
+// setQueue changes the selected queue's configuration with f, read and
+// written whole under the register lock (what names the register, for the
+// fault log).
+func (t *Transport) setQueue(what string, f func(cfg *virtio.QueueConfig, enabled *bool)) {
+	t.regs.mu.Lock()
+	defer t.regs.mu.Unlock()
+	q := int(t.regs.queueSel)
+	cfg, enabled := t.common.Queue(q)
+	f(&cfg, &enabled)
+	t.common.SetQueue(q, cfg, enabled, what)
+}
+
+// selectedQueue returns the queue selector.
+func (t *Transport) selectedQueue() int {
+	t.regs.mu.Lock()
+	defer t.regs.mu.Unlock()
+	return int(t.regs.queueSel)
+}
+
+// setQueueVector sets the selected queue's MSI-X vector.
+func (t *Transport) setQueueVector(v uint16) {
+	t.regs.mu.Lock()
+	defer t.regs.mu.Unlock()
+	q := int(t.regs.queueSel)
+	if q >= t.nq {
+		t.fault("queue vector for queue %d", q)
+		return
+	}
+	t.regs.queueVectors[q] = t.vectorOK(v)
+}
+
+// queueVector returns the selected queue's MSI-X vector.
+func (t *Transport) queueVector() uint16 {
+	t.regs.mu.Lock()
+	defer t.regs.mu.Unlock()
+	if q := int(t.regs.queueSel); q < t.nq {
+		return t.regs.queueVectors[q]
+	}
+	return NoVector
 }
 
 // BARMapped implements pci.BARObserver: it moves the doorbells with the
@@ -461,27 +591,27 @@ func (t *Transport) BARMapped(bar int, addr uint64, kind pci.BARKind, mapped boo
 	t.bellMu.Lock()
 	defer t.bellMu.Unlock()
 	if !mapped {
-		kept := t.bells0[:0]
-		for _, b := range t.bells0 {
+		kept := t.registered[:0]
+		for _, b := range t.registered {
 			if b.bar == bar {
 				if err := t.bells.RemoveDoorbell(b.io, b.addr, b.size, b.datamatch, b.fd); err != nil {
-					t.log.Warn("removing virtio doorbell", "addr", fmt.Sprintf("%#x", b.addr), "err", err)
+					t.glog.Warn("removing virtio doorbell", "addr", fmt.Sprintf("%#x", b.addr), "err", err)
 				}
 				continue
 			}
 			kept = append(kept, b)
 		}
-		t.bells0 = kept
+		t.registered = kept
 		return
 	}
 	for _, b := range want {
 		if err := t.bells.AddDoorbell(b.io, b.addr, b.size, b.datamatch, b.fd); err != nil {
 			// Not fatal: the notification then reaches WriteBAR.
-			t.log.Warn("virtio doorbell not registered; notifications will exit to userspace",
+			t.glog.Warn("virtio doorbell not registered; notifications will exit to userspace",
 				"addr", fmt.Sprintf("%#x", b.addr), "err", err)
 			continue
 		}
-		t.bells0 = append(t.bells0, b)
+		t.registered = append(t.registered, b)
 	}
 }
 
@@ -492,8 +622,8 @@ func (t *Transport) RemoveDoorbells() {
 	}
 	t.bellMu.Lock()
 	defer t.bellMu.Unlock()
-	for _, b := range t.bells0 {
+	for _, b := range t.registered {
 		_ = t.bells.RemoveDoorbell(b.io, b.addr, b.size, b.datamatch, b.fd)
 	}
-	t.bells0 = nil
+	t.registered = nil
 }

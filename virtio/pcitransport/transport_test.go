@@ -301,7 +301,7 @@ func TestModernInitialization(t *testing.T) {
 				t.Fatalf("queue vector %d", v)
 			}
 			r.write(b, ccQueueMSIXVector, 2, 99) // beyond the table
-			if v := r.read(b, ccQueueMSIXVector, 2); v != virtio.NoVector {
+			if v := r.read(b, ccQueueMSIXVector, 2); v != NoVector {
 				t.Fatalf("out-of-range vector read back %d, want NO_VECTOR", v)
 			}
 			r.write(b, ccQueueEnable, 2, 1)
@@ -330,9 +330,9 @@ func TestModernInitialization(t *testing.T) {
 			if r.read(b, ccQueueSize, 2) != 64 || r.read(b, ccQueueDesc, 8) != 0x10000 {
 				t.Error("queue configuration changed after DRIVER_OK")
 			}
-			// The 64-bit write counts as two 32-bit halves.
-			if r.tr.Common().IgnoredWrites() != ign+3 {
-				t.Errorf("ignored writes %d, want %d", r.tr.Common().IgnoredWrites(), ign+3)
+			// One count per register write.
+			if r.tr.Common().IgnoredWrites() != ign+2 {
+				t.Errorf("ignored writes %d, want %d", r.tr.Common().IgnoredWrites(), ign+2)
 			}
 			// Reset.
 			r.write(b, ccDeviceStatus, 1, 0)
@@ -442,14 +442,14 @@ func TestTransitionalInterfacesDoNotMix(t *testing.T) {
 
 func TestINTx(t *testing.T) {
 	r := newRig(t, Transitional)
-	r.tr.QueueInterrupt(0)
+	r.tr.Notify(0)
 	if r.line.count() != 1 {
 		t.Fatalf("raised %d", r.line.count())
 	}
 	if r.cfgRead(pci.RegStatus, 2)&pci.StatusInterrupt == 0 {
 		t.Error("interrupt status bit not set")
 	}
-	r.tr.ConfigInterrupt()
+	r.tr.ConfigChanged()
 	r.tr.Resample() // ISR still set: raise again
 	if r.line.count() != 3 {
 		t.Fatalf("raised %d, want 3", r.line.count())
@@ -469,7 +469,7 @@ func TestINTx(t *testing.T) {
 	}
 	// INTx disable in the command register.
 	r.cfgWrite(pci.RegCommand, 2, r.cfgRead(pci.RegCommand, 2)|pci.CommandINTxDisable)
-	r.tr.QueueInterrupt(1)
+	r.tr.Notify(1)
 	if r.line.count() != 3 {
 		t.Error("raised with INTx disabled")
 	}
@@ -490,9 +490,9 @@ func TestMSIX(t *testing.T) {
 	if r.sink.masked[2] || r.sink.routes[2].addr != 0xfee00000 || r.sink.routes[2].data != 0x4041 {
 		t.Fatalf("route not updated: %+v masked=%v", r.sink.routes[2], r.sink.masked[2])
 	}
-	r.tr.QueueInterrupt(1)
-	r.tr.QueueInterrupt(0) // no vector: nothing
-	r.tr.ConfigInterrupt() // vector 0 masked: pending
+	r.tr.Notify(1)
+	r.tr.Notify(0)       // no vector: nothing
+	r.tr.ConfigChanged() // vector 0 masked: pending
 	if len(r.sink.delivered) != 1 || r.sink.delivered[0] != (delivery{2, 0xfee00000, 0x4041}) {
 		t.Fatalf("delivered %+v", r.sink.delivered)
 	}
@@ -706,5 +706,22 @@ func TestActivationFailureWithMSIX(t *testing.T) {
 				t.Error("device activated")
 			}
 		})
+	}
+}
+
+func TestLegacyRings(t *testing.T) {
+	for _, c := range []struct {
+		pfn  uint32
+		n    uint16
+		want virtio.QueueConfig
+	}{
+		{0, 256, virtio.QueueConfig{Size: 256}},
+		// 256 descriptors (4 KiB), avail 6+512 bytes, used on the next page.
+		{0x10, 256, virtio.QueueConfig{Size: 256, DescAddr: 0x10000, AvailAddr: 0x11000, UsedAddr: 0x12000}},
+		{1, 8, virtio.QueueConfig{Size: 8, DescAddr: 0x1000, AvailAddr: 0x1080, UsedAddr: 0x2000}},
+	} {
+		if got := legacyRings(c.pfn, c.n); got != c.want {
+			t.Errorf("legacyRings(%#x, %d) = %+v, want %+v", c.pfn, c.n, got, c.want)
+		}
 	}
 }

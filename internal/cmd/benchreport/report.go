@@ -172,7 +172,7 @@ func ratio(s Stats) string {
 
 func renderNet(b *strings.Builder, rs Results) {
 	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
-	p("## virtio-net data path (internal/harness BenchmarkLoop)\n\n")
+	p("## virtio-net data path (devices/net/nettest BenchmarkLoop)\n\n")
 	p("Frames pushed from the in-process guest through the device into tap A and back (device),\n")
 	p("next to the same readv/writev loop on tap A without the device (raw). Medians over the rounds.\n\n")
 	p("| frames | device Gbit/s | raw Gbit/s | device kpps | raw kpps | device/raw (range) |\n")

@@ -12,7 +12,7 @@
 // and uses the register offsets of the specifications, not those of the
 // transport's source.
 //
-// Its control-plane methods are those of internal/harness.Driver; the data
+// Its control-plane methods are those of devices/net/nettest.Driver; the data
 // path (rings) is virtio/virtiotest.
 package pcidriver
 

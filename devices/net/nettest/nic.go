@@ -1,4 +1,4 @@
-package harness
+package nettest
 
 import (
 	"encoding/binary"
@@ -438,7 +438,7 @@ func CheckRxHeader(h vnet.Header, frameLen int, acked uint64) error {
 	return nil
 }
 
-var errStopped = errors.New("harness: stopped")
+var errStopped = errors.New("nettest: stopped")
 
 // errNoFrame is returned by nextRx when no frame is waiting.
 var errNoFrame = errors.New("no received frame")
@@ -456,7 +456,7 @@ func (n *NIC) nextRx() (vnet.Header, int, error) {
 	n.rxHeld = append(n.rxHeld, rxUsed{head, l})
 	n.appendRxIov(head, l)
 	var hb [vnet.HdrLen]byte
-	if got := gatherBytes(hb[:n.HdrLen], n.rxIov); got < n.HdrLen {
+	if got := virtio.Gather(hb[:n.HdrLen], n.rxIov, 0); got < n.HdrLen {
 		return vnet.Header{}, 0, fmt.Errorf("used length %d shorter than the header", l)
 	}
 	h := vnet.DecodeHeader(hb[:n.HdrLen])
@@ -515,17 +515,6 @@ func (n *NIC) repostRx() {
 		n.rxChains[head] = bufs
 	}
 	n.rxHeld = n.rxHeld[:0]
-}
-
-func gatherBytes(dst []byte, bufs [][]byte) int {
-	k := 0
-	for _, b := range bufs {
-		if k == len(dst) {
-			break
-		}
-		k += copy(dst[k:], b)
-	}
-	return k
 }
 
 // Frame is a received frame, copied out of guest memory.

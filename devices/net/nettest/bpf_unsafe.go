@@ -1,4 +1,4 @@
-package harness
+package nettest
 
 import (
 	"encoding/binary"

@@ -20,7 +20,7 @@
 //     namespace NB (the guest side), whose offloads follow the transmit
 //     offloads the driver acked, so NB's stack produces the same headers a
 //     Linux guest with those features would.
-package harness
+package nettest
 
 import (
 	"github.com/govmd/govmd/virtio/virtiotest"

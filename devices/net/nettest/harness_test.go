@@ -1,4 +1,4 @@
-package harness_test
+package nettest_test
 
 import (
 	"encoding/binary"
@@ -14,8 +14,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	vnet "github.com/govmd/govmd/devices/net"
+	"github.com/govmd/govmd/devices/net/nettest"
 	"github.com/govmd/govmd/devices/net/tap"
-	"github.com/govmd/govmd/internal/harness"
+	"github.com/govmd/govmd/internal/netns"
 	"github.com/govmd/govmd/virtio"
 )
 
@@ -37,7 +38,7 @@ func ethtoolWant(f uint32) map[string]string {
 	}
 }
 
-func checkEthtool(t *testing.T, env *harness.NetEnv, flags uint32, what string) {
+func checkEthtool(t *testing.T, env *nettest.NetEnv, flags uint32, what string) {
 	t.Helper()
 	got, err := env.TapFeatures()
 	if err != nil {
@@ -66,8 +67,8 @@ func specValid(f uint64) bool {
 // reset clears them, over every transport.
 func TestTapOffloadsFollowDriver(t *testing.T) {
 	for _, tr := range transports {
-		t.Run(tr.name, func(t *testing.T) {
-			env := harness.NewNetEnv(t, testMAC)
+		t.Run(tr.Name, func(t *testing.T) {
+			env := nettest.NewNetEnv(t, testMAC)
 			dev, err := vnet.New(env.TapA, vnet.Config{MAC: testMAC, Log: testLog(t)})
 			if err != nil {
 				t.Fatal(err)
@@ -77,17 +78,17 @@ func TestTapOffloadsFollowDriver(t *testing.T) {
 				t.Logf("kernel lacks UFO or USO: offered %s", vnet.FeatureString(dev.Features()))
 			}
 			offered := dev.Features()
-			if tr.legacy {
+			if tr.Legacy {
 				offered &= 0xffffffff
 			}
 			try := func(name string, features uint64, exact bool) {
-				n, err := harness.NewNIC(dev, tr.nic(harness.NICConfig{Features: features, Exact: exact, MemSize: 16 << 20}))
+				n, err := nettest.NewNIC(dev, nicConfig(tr, nettest.NICConfig{Features: features, Exact: exact, MemSize: 16 << 20}))
 				acked := features & offered
 				if exact {
 					acked = features
 				}
 				if !specValid(acked) {
-					if !errors.Is(err, harness.ErrFeaturesRefused) {
+					if !errors.Is(err, nettest.ErrFeaturesRefused) {
 						t.Errorf("%s: invalid set %s not refused: %v", name, vnet.FeatureString(acked), err)
 					}
 					if n != nil {
@@ -101,7 +102,7 @@ func TestTapOffloadsFollowDriver(t *testing.T) {
 				if err != nil {
 					t.Fatalf("%s: %v", name, err)
 				}
-				if tr.legacy && n.Acked&virtio.FVersion1 != 0 {
+				if tr.Legacy && n.Acked&virtio.FVersion1 != 0 {
 					t.Fatalf("%s: legacy driver negotiated VERSION_1", name)
 				}
 				want := vnet.TapOffloads(acked)
@@ -113,16 +114,16 @@ func TestTapOffloadsFollowDriver(t *testing.T) {
 				checkEthtool(t, env, 0, name+" after reset")
 			}
 			base := virtio.FVersion1 | vnet.FMAC | vnet.FMrgRxbuf
-			if tr.legacy {
-				try("linux legacy", harness.LinuxLegacyFeatures, false)
-				try("vio legacy", harness.VioFeatures&^virtio.FVersion1, false)
+			if tr.Legacy {
+				try("linux legacy", nettest.LinuxLegacyFeatures, false)
+				try("vio legacy", nettest.VioFeatures&^virtio.FVersion1, false)
 				try("nothing", 0, false)
 				base = vnet.FMAC | vnet.FMrgRxbuf
 			} else {
-				try("linux", harness.LinuxFeatures, false)
-				try("vio", harness.VioFeatures, false)
-				try("csum", harness.CsumFeatures, false)
-				try("empty", harness.MinimalFeatures, false)
+				try("linux", nettest.LinuxFeatures, false)
+				try("vio", nettest.VioFeatures, false)
+				try("csum", nettest.CsumFeatures, false)
+				try("empty", nettest.MinimalFeatures, false)
 			}
 			bits := []uint64{vnet.FGuestCsum, vnet.FGuestTSO4, vnet.FGuestTSO6, vnet.FGuestECN, vnet.FGuestUFO, vnet.FGuestUSO4, vnet.FGuestUSO6}
 			for m := 0; m < 1<<len(bits); m++ {
@@ -156,15 +157,15 @@ type profile struct {
 }
 
 var profiles = []profile{
-	{name: "linux", features: harness.LinuxFeatures, legacy: harness.LinuxLegacyFeatures, intx: true},
-	{name: "linux-uso", features: harness.LinuxFeatures | vnet.FHostUSO | vnet.FGuestUSO4 | vnet.FGuestUSO6, modernOnly: true},
-	{name: "linux-nomrg", features: harness.LinuxFeatures &^ vnet.FMrgRxbuf, legacy: harness.LinuxLegacyFeatures &^ vnet.FMrgRxbuf},
-	{name: "vio", features: harness.VioFeatures, legacy: harness.VioFeatures &^ virtio.FVersion1},
-	{name: "csum", features: harness.CsumFeatures, legacy: harness.CsumFeatures &^ virtio.FVersion1},
-	{name: "none-mrg", features: harness.MinimalFeatures | vnet.FMrgRxbuf, legacy: vnet.FMrgRxbuf},
-	{name: "none", features: harness.MinimalFeatures, legacy: 0, txLayout: []int{10, 14}, intx: true},
-	{name: "linux-on-offload-off", features: harness.LinuxFeatures, legacy: harness.LinuxLegacyFeatures, offload: vnet.OffloadOff},
-	{name: "linux-on-offload-csum", features: harness.LinuxFeatures, legacy: harness.LinuxLegacyFeatures, offload: vnet.OffloadCsum},
+	{name: "linux", features: nettest.LinuxFeatures, legacy: nettest.LinuxLegacyFeatures, intx: true},
+	{name: "linux-uso", features: nettest.LinuxFeatures | vnet.FHostUSO | vnet.FGuestUSO4 | vnet.FGuestUSO6, modernOnly: true},
+	{name: "linux-nomrg", features: nettest.LinuxFeatures &^ vnet.FMrgRxbuf, legacy: nettest.LinuxLegacyFeatures &^ vnet.FMrgRxbuf},
+	{name: "vio", features: nettest.VioFeatures, legacy: nettest.VioFeatures &^ virtio.FVersion1},
+	{name: "csum", features: nettest.CsumFeatures, legacy: nettest.CsumFeatures &^ virtio.FVersion1},
+	{name: "none-mrg", features: nettest.MinimalFeatures | vnet.FMrgRxbuf, legacy: vnet.FMrgRxbuf},
+	{name: "none", features: nettest.MinimalFeatures, legacy: 0, txLayout: []int{10, 14}, intx: true},
+	{name: "linux-on-offload-off", features: nettest.LinuxFeatures, legacy: nettest.LinuxLegacyFeatures, offload: vnet.OffloadOff},
+	{name: "linux-on-offload-csum", features: nettest.LinuxFeatures, legacy: nettest.LinuxLegacyFeatures, offload: vnet.OffloadCsum},
 }
 
 // TestTraffic runs TCP and UDP over IPv4 and IPv6, and TCP over a VLAN,
@@ -176,10 +177,10 @@ var profiles = []profile{
 func TestTraffic(t *testing.T) {
 	for _, p := range profiles {
 		for _, tr := range append(transports[:len(transports):len(transports)], intxTransports...) {
-			if tr.legacy && p.modernOnly || tr.intx && !p.intx {
+			if tr.Legacy && p.modernOnly || tr.INTx && !p.intx {
 				continue
 			}
-			t.Run(p.name+"/"+tr.name, func(t *testing.T) { testTraffic(t, p, tr) })
+			t.Run(p.name+"/"+tr.Name, func(t *testing.T) { testTraffic(t, p, tr) })
 		}
 	}
 }
@@ -188,9 +189,9 @@ func testTraffic(t *testing.T, p profile, tr transport) {
 	const tcpSize = 2 << 20
 	r := newRig(t, rigConfig{
 		dev: vnet.Config{Offload: p.offload},
-		nic: tr.nic(harness.NICConfig{Features: tr.features(p.features, p.legacy), TxLayout: p.txLayout}),
+		nic: nicConfig(tr, nettest.NICConfig{Features: featuresFor(tr, p.features, p.legacy), TxLayout: p.txLayout}),
 	})
-	if tr.legacy && r.nic.Acked&virtio.FVersion1 != 0 {
+	if tr.Legacy && r.nic.Acked&virtio.FVersion1 != 0 {
 		t.Fatal("legacy driver negotiated VERSION_1")
 	}
 	env := r.env
@@ -202,17 +203,17 @@ func testTraffic(t *testing.T, p profile, tr transport) {
 		t.Fatal(err)
 	}
 	port := 6000
-	tcp := func(name string, from, to *harness.NS, dst net.IP) {
+	tcp := func(name string, from, to *netns.NS, dst net.IP) {
 		port++
 		if err := tcpTransfer(from, to, dst, port, tcpSize); err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
-	tcp("tcp4 guest->host", env.NB, env.NA, harness.AddrA4)
-	tcp("tcp4 host->guest", env.NA, env.NB, harness.AddrB4)
-	tcp("tcp6 guest->host", env.NB, env.NA, harness.AddrA6)
-	tcp("tcp6 host->guest", env.NA, env.NB, harness.AddrB6)
-	udp := func(name string, from, to *harness.NS, dst net.IP) {
+	tcp("tcp4 guest->host", env.NB, env.NA, nettest.AddrA4)
+	tcp("tcp4 host->guest", env.NA, env.NB, nettest.AddrB4)
+	tcp("tcp6 guest->host", env.NB, env.NA, nettest.AddrA6)
+	tcp("tcp6 host->guest", env.NA, env.NB, nettest.AddrB6)
+	udp := func(name string, from, to *netns.NS, dst net.IP) {
 		port++
 		got, sent, err := udpTransfer(from, to, dst, port, 50, []int{64, 1200, 1472, 4000})
 		if err != nil {
@@ -221,17 +222,17 @@ func testTraffic(t *testing.T, p profile, tr transport) {
 			t.Errorf("%s: %d of %d datagrams arrived", name, got, sent)
 		}
 	}
-	udp("udp4 guest->host", env.NB, env.NA, harness.AddrA4)
-	udp("udp4 host->guest", env.NA, env.NB, harness.AddrB4)
-	udp("udp6 guest->host", env.NB, env.NA, harness.AddrA6)
-	udp("udp6 host->guest", env.NA, env.NB, harness.AddrB6)
+	udp("udp4 guest->host", env.NB, env.NA, nettest.AddrA4)
+	udp("udp4 host->guest", env.NA, env.NB, nettest.AddrB4)
+	udp("udp6 guest->host", env.NB, env.NA, nettest.AddrA6)
+	udp("udp6 host->guest", env.NA, env.NB, nettest.AddrB6)
 	if r.nic.Acked&vnet.FHostUSO != 0 {
 		for _, c := range []struct {
 			name     string
-			from, to *harness.NS
+			from, to *netns.NS
 			dst      net.IP
-		}{{"udp-gso4 guest->host", env.NB, env.NA, harness.AddrA4}, {"udp-gso4 host->guest", env.NA, env.NB, harness.AddrB4},
-			{"udp-gso6 guest->host", env.NB, env.NA, harness.AddrA6}, {"udp-gso6 host->guest", env.NA, env.NB, harness.AddrB6}} {
+		}{{"udp-gso4 guest->host", env.NB, env.NA, nettest.AddrA4}, {"udp-gso4 host->guest", env.NA, env.NB, nettest.AddrB4},
+			{"udp-gso6 guest->host", env.NB, env.NA, nettest.AddrA6}, {"udp-gso6 host->guest", env.NA, env.NB, nettest.AddrB6}} {
 			port++
 			got, sent, err := udpGSOTransfer(c.from, c.to, c.dst, port, 40)
 			if err != nil {
@@ -249,10 +250,10 @@ func testTraffic(t *testing.T, p profile, tr transport) {
 		if err := env.TagVLAN(100); err != nil {
 			t.Fatal(err)
 		}
-		tcp("vlan tcp4 guest->host", env.NB, env.NA, harness.AddrA4)
-		tcp("vlan tcp4 host->guest", env.NA, env.NB, harness.AddrB4)
-		tcp("vlan tcp6 guest->host", env.NB, env.NA, harness.AddrA6)
-		tcp("vlan tcp6 host->guest", env.NA, env.NB, harness.AddrB6)
+		tcp("vlan tcp4 guest->host", env.NB, env.NA, nettest.AddrA4)
+		tcp("vlan tcp4 host->guest", env.NA, env.NB, nettest.AddrB4)
+		tcp("vlan tcp6 guest->host", env.NB, env.NA, nettest.AddrA6)
+		tcp("vlan tcp6 host->guest", env.NA, env.NB, nettest.AddrB6)
 		if err := env.UntagVLAN(); err != nil {
 			t.Fatal(err)
 		}
@@ -261,7 +262,7 @@ func testTraffic(t *testing.T, p profile, tr transport) {
 		t.Errorf("VLAN-tagged frames: %d to the guest, %d from it", r.bridge.RxVLAN.Load()-rxVLAN, r.bridge.TxVLAN.Load()-txVLAN)
 	}
 	r.checkBridge(t)
-	for _, ns := range []*harness.NS{env.NA, env.NB} {
+	for _, ns := range []*netns.NS{env.NA, env.NB} {
 		tcpErr, udpErr, udp6Err, err := ns.CsumErrors()
 		if err != nil {
 			t.Fatal(err)
@@ -289,7 +290,7 @@ func testTraffic(t *testing.T, p profile, tr transport) {
 // udpGSOTransfer sends count UDP_SEGMENT (GSO) writes of 10 segments of
 // 1200 bytes from from to dst:port in to and returns how many segments
 // arrived intact.
-func udpGSOTransfer(from, to *harness.NS, dst net.IP, port, count int) (int, int, error) {
+func udpGSOTransfer(from, to *netns.NS, dst net.IP, port, count int) (int, int, error) {
 	var rc, sc *net.UDPConn
 	addr := &net.UDPAddr{IP: dst, Port: port}
 	if err := to.Do(func() (err error) { rc, err = net.ListenUDP("udp", addr); return }); err != nil {
@@ -339,12 +340,12 @@ func udpGSOTransfer(from, to *harness.NS, dst net.IP, port, count int) (int, int
 // the transfer shows the result was right.
 func TestGSOSegmentedOnTheWire(t *testing.T) {
 	for _, tr := range transports {
-		t.Run(tr.name, func(t *testing.T) { testGSOSegmentedOnTheWire(t, tr) })
+		t.Run(tr.Name, func(t *testing.T) { testGSOSegmentedOnTheWire(t, tr) })
 	}
 }
 
 func testGSOSegmentedOnTheWire(t *testing.T, tr transport) {
-	r := newRig(t, rigConfig{nic: tr.nic(harness.NICConfig{Features: tr.features(harness.LinuxFeatures, harness.LinuxLegacyFeatures)})})
+	r := newRig(t, rigConfig{nic: nicConfig(tr, nettest.NICConfig{Features: featuresFor(tr, nettest.LinuxFeatures, nettest.LinuxLegacyFeatures)})})
 	env := r.env
 	nc := newPeerNS(t, env)
 	capture, stop := captureFrames(t, nc, "vC", unix.ETH_P_ALL)
@@ -373,14 +374,14 @@ func testGSOSegmentedOnTheWire(t *testing.T, tr transport) {
 func TestForwardedToGuestWithoutCsum(t *testing.T) {
 	for _, tr := range transports {
 		for _, mrg := range []uint64{0, vnet.FMrgRxbuf} {
-			features := tr.features(harness.MinimalFeatures|mrg, mrg)
-			t.Run(tr.name+"/"+vnet.FeatureString(features), func(t *testing.T) { testForwardedToGuestWithoutCsum(t, tr, features) })
+			features := featuresFor(tr, nettest.MinimalFeatures|mrg, mrg)
+			t.Run(tr.Name+"/"+vnet.FeatureString(features), func(t *testing.T) { testForwardedToGuestWithoutCsum(t, tr, features) })
 		}
 	}
 }
 
 func testForwardedToGuestWithoutCsum(t *testing.T, tr transport, features uint64) {
-	r := newRig(t, rigConfig{nic: tr.nic(harness.NICConfig{Features: features})})
+	r := newRig(t, rigConfig{nic: nicConfig(tr, nettest.NICConfig{Features: features})})
 	nc := newPeerNS(t, r.env)
 	// NC sends fully checksummed frames; GRO on vA validates
 	// them and marks them CHECKSUM_UNNECESSARY, like a
@@ -391,7 +392,7 @@ func testForwardedToGuestWithoutCsum(t *testing.T, tr transport, features uint64
 	if _, err := r.env.NA.Exec("ethtool", "-K", "vA", "gro", "on"); err != nil {
 		t.Fatal(err)
 	}
-	if err := tcpTransfer(nc, r.env.NB, harness.AddrB4, 7002, 2<<20); err != nil {
+	if err := tcpTransfer(nc, r.env.NB, nettest.AddrB4, 7002, 2<<20); err != nil {
 		t.Fatal(err)
 	}
 	if err := tcpTransfer(r.env.NB, nc, net.IPv4(10, 203, 0, 2), 7003, 2<<20); err != nil {
@@ -409,9 +410,9 @@ func testForwardedToGuestWithoutCsum(t *testing.T, tr transport, features uint64
 // newPeerNS creates namespace NC behind NA: a veth pair vA (NA,
 // 10.203.0.1/24) - vC (NC, 10.203.0.2/24) with TSO, GSO and GRO off, NA
 // forwarding, and routes between NB's and NC's subnets.
-func newPeerNS(t *testing.T, env *harness.NetEnv) *harness.NS {
+func newPeerNS(t *testing.T, env *nettest.NetEnv) *netns.NS {
 	t.Helper()
-	nc, err := harness.NewNS()
+	nc, err := netns.New()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -427,7 +428,7 @@ func newPeerNS(t *testing.T, env *harness.NetEnv) *harness.NS {
 	if err := env.NA.NL.LinkSetNsFd(peer, int(nc.Handle)); err != nil {
 		t.Fatal(err)
 	}
-	setup := func(ns *harness.NS, name string, addr net.IP) {
+	setup := func(ns *netns.NS, name string, addr net.IP) {
 		l, err := ns.NL.LinkByName(name)
 		if err != nil {
 			t.Fatal(err)
@@ -447,20 +448,20 @@ func newPeerNS(t *testing.T, env *harness.NetEnv) *harness.NS {
 	if err := env.NA.Sysctl("net/ipv4/ip_forward", "1"); err != nil {
 		t.Fatal(err)
 	}
-	route := func(ns *harness.NS, dst string, gw net.IP) {
+	route := func(ns *netns.NS, dst string, gw net.IP) {
 		_, n, _ := net.ParseCIDR(dst)
 		if err := ns.NL.RouteAdd(&netlink.Route{Dst: n, Gw: gw}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	route(env.NB, "10.203.0.0/24", harness.AddrA4)
+	route(env.NB, "10.203.0.0/24", nettest.AddrA4)
 	route(nc, "10.201.0.0/24", net.IPv4(10, 203, 0, 1))
 	return nc
 }
 
 // captureFrames counts the frames an AF_PACKET socket in ns sees on ifname
 // and their largest length, until stop is called.
-func captureFrames(t *testing.T, ns *harness.NS, ifname string, ethType uint16) (fd int, stop func() (maxLen, frames int)) {
+func captureFrames(t *testing.T, ns *netns.NS, ifname string, ethType uint16) (fd int, stop func() (maxLen, frames int)) {
 	t.Helper()
 	proto := int(htons(ethType))
 	err := ns.Do(func() error {
@@ -515,12 +516,12 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 // offloads and the frames the guest gets.
 func TestCtrlGuestOffloadsAtRunTime(t *testing.T) {
 	for _, tr := range transports {
-		t.Run(tr.name, func(t *testing.T) { testCtrlGuestOffloadsAtRunTime(t, tr) })
+		t.Run(tr.Name, func(t *testing.T) { testCtrlGuestOffloadsAtRunTime(t, tr) })
 	}
 }
 
 func testCtrlGuestOffloadsAtRunTime(t *testing.T, tr transport) {
-	r := newRig(t, rigConfig{nic: tr.nic(harness.NICConfig{Features: tr.features(harness.LinuxFeatures, harness.LinuxLegacyFeatures)})})
+	r := newRig(t, rigConfig{nic: nicConfig(tr, nettest.NICConfig{Features: featuresFor(tr, nettest.LinuxFeatures, nettest.LinuxLegacyFeatures)})})
 	if r.nic.Acked&vnet.FCtrlGuestOffloads == 0 {
 		t.Fatalf("CTRL_GUEST_OFFLOADS not negotiated: %s", vnet.FeatureString(r.nic.Acked))
 	}
@@ -541,7 +542,7 @@ func testCtrlGuestOffloadsAtRunTime(t *testing.T, tr transport) {
 	checkEthtool(t, env, tap.OffloadCSUM, "after SET GUEST_CSUM")
 	time.Sleep(50 * time.Millisecond) // frames queued before the change drain
 	before := r.dev.Stats().RxGSO
-	if err := tcpTransfer(env.NA, env.NB, harness.AddrB4, 7101, 2<<20); err != nil {
+	if err := tcpTransfer(env.NA, env.NB, nettest.AddrB4, 7101, 2<<20); err != nil {
 		t.Fatal(err)
 	}
 	if got := r.dev.Stats().RxGSO; got != before {
@@ -549,7 +550,7 @@ func testCtrlGuestOffloadsAtRunTime(t *testing.T, tr transport) {
 	}
 	set(r.nic.Acked&vnet.GuestOffloads, vnet.CtrlOK)
 	checkEthtool(t, env, all, "after SET all")
-	if err := tcpTransfer(env.NA, env.NB, harness.AddrB4, 7102, 2<<20); err != nil {
+	if err := tcpTransfer(env.NA, env.NB, nettest.AddrB4, 7102, 2<<20); err != nil {
 		t.Fatal(err)
 	}
 	if r.dev.Stats().RxGSO == before {
@@ -569,21 +570,21 @@ func testCtrlGuestOffloadsAtRunTime(t *testing.T, tr transport) {
 // are not delivered.
 func TestLockedWithOffloads(t *testing.T) {
 	for _, tr := range transports {
-		t.Run(tr.name, func(t *testing.T) { testLockedWithOffloads(t, tr) })
+		t.Run(tr.Name, func(t *testing.T) { testLockedWithOffloads(t, tr) })
 	}
 }
 
 func testLockedWithOffloads(t *testing.T, tr transport) {
 	r := newRig(t, rigConfig{
 		dev: vnet.Config{Locked: true},
-		nic: tr.nic(harness.NICConfig{Features: tr.features(harness.LinuxFeatures, harness.LinuxLegacyFeatures),
+		nic: nicConfig(tr, nettest.NICConfig{Features: featuresFor(tr, nettest.LinuxFeatures, nettest.LinuxLegacyFeatures),
 			TxLayout: []int{5, 9, 2, 3, 1, 4}, RxLayout: []int{3, 11, 5}}),
 	})
 	env := r.env
-	if err := tcpTransfer(env.NB, env.NA, harness.AddrA4, 7201, 4<<20); err != nil {
+	if err := tcpTransfer(env.NB, env.NA, nettest.AddrA4, 7201, 4<<20); err != nil {
 		t.Fatal(err)
 	}
-	if err := tcpTransfer(env.NA, env.NB, harness.AddrB6, 7202, 4<<20); err != nil {
+	if err := tcpTransfer(env.NA, env.NB, nettest.AddrB6, 7202, 4<<20); err != nil {
 		t.Fatal(err)
 	}
 	s := r.dev.Stats()
@@ -592,7 +593,7 @@ func testLockedWithOffloads(t *testing.T, tr transport) {
 	}
 	const etherType = 0x88b5 // local experimental
 	other := net.HardwareAddr{0x52, 0x54, 0, 9, 9, 9}
-	sendRaw := func(ns *harness.NS, ifname string, dst, src net.HardwareAddr, n int) {
+	sendRaw := func(ns *netns.NS, ifname string, dst, src net.HardwareAddr, n int) {
 		t.Helper()
 		err := ns.Do(func() error {
 			ifi, err := net.InterfaceByName(ifname)
@@ -642,7 +643,7 @@ func testLockedWithOffloads(t *testing.T, tr transport) {
 	r.checkInterrupts(t)
 }
 
-func macOf(t *testing.T, ns *harness.NS, name string) net.HardwareAddr {
+func macOf(t *testing.T, ns *netns.NS, name string) net.HardwareAddr {
 	t.Helper()
 	l, err := ns.NL.LinkByName(name)
 	if err != nil {

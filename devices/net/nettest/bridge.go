@@ -1,4 +1,4 @@
-package harness
+package nettest
 
 import (
 	"errors"
@@ -12,6 +12,7 @@ import (
 
 	vnet "github.com/govmd/govmd/devices/net"
 	"github.com/govmd/govmd/devices/net/tap"
+	"github.com/govmd/govmd/virtio"
 )
 
 // Bridge connects a NIC to a tap (tap B, the guest side): frames NB's stack
@@ -168,7 +169,7 @@ func (b *Bridge) rxPump() {
 			} else {
 				b.RxFrames.Add(1)
 				var eth [14]byte
-				if gatherFrom(eth[:], n.rxIov, n.HdrLen) == 14 && eth[12] == 0x81 && eth[13] == 0x00 {
+				if virtio.Gather(eth[:], n.rxIov, n.HdrLen) == 14 && eth[12] == 0x81 && eth[13] == 0x00 {
 					b.RxVLAN.Add(1)
 				}
 			}
@@ -180,21 +181,4 @@ func (b *Bridge) rxPump() {
 			sinceKick = 0
 		}
 	}
-}
-
-// gatherFrom copies bytes from the concatenation of bufs at offset off.
-func gatherFrom(dst []byte, bufs [][]byte, off int) int {
-	k := 0
-	for _, b := range bufs {
-		if k == len(dst) {
-			break
-		}
-		if off >= len(b) {
-			off -= len(b)
-			continue
-		}
-		k += copy(dst[k:], b[off:])
-		off = 0
-	}
-	return k
 }

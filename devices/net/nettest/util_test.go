@@ -1,4 +1,4 @@
-package harness_test
+package nettest_test
 
 import (
 	"bytes"
@@ -15,8 +15,9 @@ import (
 	"time"
 
 	vnet "github.com/govmd/govmd/devices/net"
-	"github.com/govmd/govmd/internal/harness"
-	"github.com/govmd/govmd/virtio/pcitransport"
+	"github.com/govmd/govmd/devices/net/nettest"
+	"github.com/govmd/govmd/internal/netns"
+	"github.com/govmd/govmd/virtio/virtiotest/pcidriver"
 )
 
 // testMAC is the virtio NIC's (and tap B's) address.
@@ -33,41 +34,24 @@ func testLog(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
-// transport is how the NIC's device is presented (the PCI function's mode)
-// and which of its interfaces the driver uses, with which interrupts.
-type transport struct {
-	name   string
-	mode   pcitransport.Mode
-	legacy bool // the driver uses the legacy I/O BAR
-	intx   bool // MSI-X disabled: INTx and the ISR
-}
+// transport is how the NIC's device is presented and driven (the shared
+// matrix of the PCI transport's test driver).
+type transport = pcidriver.Mode
 
-// transports are the ways a guest meets a virtio-net PCI function, all
-// with MSI-X: a modern driver on a modern-only and on a transitional
-// device, and a legacy driver on a transitional device (Linux with
-// virtio_pci.force_legacy=1) and on a legacy-only device.
-var transports = []transport{
-	{name: "modern", mode: pcitransport.Modern},
-	{name: "transitional", mode: pcitransport.Transitional},
-	{name: "transitional-legacy", mode: pcitransport.Transitional, legacy: true},
-	{name: "legacy", mode: pcitransport.Legacy, legacy: true},
-}
-
-// intxTransports are a modern and a legacy driver with MSI-X disabled.
-var intxTransports = []transport{
-	{name: "modern-intx", mode: pcitransport.Modern, intx: true},
-	{name: "legacy-intx", mode: pcitransport.Legacy, legacy: true, intx: true},
-}
+var (
+	transports     = pcidriver.MSIXModes
+	intxTransports = pcidriver.INTxModes
+)
 
 // nic returns cfg for this transport.
-func (tr transport) nic(cfg harness.NICConfig) harness.NICConfig {
-	cfg.Transport, cfg.Legacy, cfg.INTx = tr.mode, tr.legacy, tr.intx
+func nicConfig(tr transport, cfg nettest.NICConfig) nettest.NICConfig {
+	cfg.Transport, cfg.Legacy, cfg.INTx = tr.Transport, tr.Legacy, tr.INTx
 	return cfg
 }
 
 // features picks the driver's feature set for this transport.
-func (tr transport) features(modern, legacy uint64) uint64 {
-	if tr.legacy {
+func featuresFor(tr transport, modern, legacy uint64) uint64 {
+	if tr.Legacy {
 		return legacy
 	}
 	return modern
@@ -75,22 +59,22 @@ func (tr transport) features(modern, legacy uint64) uint64 {
 
 // rig is a NIC on tap A bridged to tap B.
 type rig struct {
-	env    *harness.NetEnv
+	env    *nettest.NetEnv
 	dev    *vnet.Device
-	nic    *harness.NIC
-	bridge *harness.Bridge
+	nic    *nettest.NIC
+	bridge *nettest.Bridge
 }
 
 type rigConfig struct {
 	dev vnet.Config
-	nic harness.NICConfig
+	nic nettest.NICConfig
 	// noBridge leaves tap B unconnected.
 	noBridge bool
 }
 
 func newRig(t testing.TB, cfg rigConfig) *rig {
 	t.Helper()
-	env := harness.NewNetEnv(t, testMAC)
+	env := nettest.NewNetEnv(t, testMAC)
 	cfg.dev.MAC = testMAC
 	if cfg.dev.Log == nil {
 		cfg.dev.Log = testLog(t)
@@ -100,7 +84,7 @@ func newRig(t testing.TB, cfg rigConfig) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dev.Close() })
-	nic, err := harness.NewNIC(dev, cfg.nic)
+	nic, err := nettest.NewNIC(dev, cfg.nic)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +154,7 @@ func (r *rig) checkInterrupts(t testing.TB) {
 
 // tcpTransfer sends size random bytes over TCP from a socket in from to a
 // listener on dst:port in to and checks the SHA-256 of what arrived.
-func tcpTransfer(from, to *harness.NS, dst net.IP, port, size int) error {
+func tcpTransfer(from, to *netns.NS, dst net.IP, port, size int) error {
 	var ln net.Listener
 	addr := net.JoinHostPort(dst.String(), fmt.Sprint(port))
 	if err := to.Do(func() (err error) { ln, err = net.Listen("tcp", addr); return }); err != nil {
@@ -232,7 +216,7 @@ func tcpTransfer(from, to *harness.NS, dst net.IP, port, size int) error {
 
 // udpTransfer sends count datagrams of each size from from to dst:port in
 // to and returns how many arrived intact.
-func udpTransfer(from, to *harness.NS, dst net.IP, port, count int, sizes []int) (int, int, error) {
+func udpTransfer(from, to *netns.NS, dst net.IP, port, count int, sizes []int) (int, int, error) {
 	var rc, sc *net.UDPConn
 	addr := &net.UDPAddr{IP: dst, Port: port}
 	if err := to.Do(func() (err error) { rc, err = net.ListenUDP("udp", addr); return }); err != nil {

@@ -1,175 +1,17 @@
-package harness
+package nettest
 
 import (
-	"bufio"
-	"bytes"
-	"errors"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
-	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/govmd/govmd/devices/net/tap"
+	"github.com/govmd/govmd/internal/netns"
 )
-
-// nsPrefix starts the name of every namespace the harness creates:
-// govmd-t-<pid>-<n>.
-const nsPrefix = "govmd-t-"
-
-var nsCounter atomic.Uint64
-
-// NS is a named network namespace created for a test. Traffic the tests
-// generate stays inside such namespaces.
-type NS struct {
-	Name   string
-	Handle netns.NsHandle
-	NL     *netlink.Handle
-}
-
-// NewNS creates a namespace named govmd-t-<pid>-<n> with its loopback up.
-// The calling goroutine's namespace is not changed.
-func NewNS() (*NS, error) {
-	name := fmt.Sprintf("%s%d-%d", nsPrefix, os.Getpid(), nsCounter.Add(1))
-	type result struct {
-		h   netns.NsHandle
-		err error
-	}
-	c := make(chan result, 1)
-	go func() {
-		// The thread switches namespace and is never unlocked, so it
-		// exits with this goroutine instead of serving others.
-		runtime.LockOSThread()
-		h, err := netns.NewNamed(name)
-		c <- result{h, err}
-	}()
-	r := <-c
-	if r.err != nil {
-		_ = netns.DeleteNamed(name)
-		return nil, fmt.Errorf("network namespace %s: %w", name, r.err)
-	}
-	ns := &NS{Name: name, Handle: r.h}
-	nl, err := netlink.NewHandleAt(r.h)
-	if err != nil {
-		ns.Close()
-		return nil, fmt.Errorf("netlink in %s: %w", name, err)
-	}
-	ns.NL = nl
-	lo, err := nl.LinkByName("lo")
-	if err == nil {
-		err = nl.LinkSetUp(lo)
-	}
-	if err != nil {
-		ns.Close()
-		return nil, fmt.Errorf("%s: loopback: %w", name, err)
-	}
-	return ns, nil
-}
-
-// Close deletes the namespace (and with it every interface still in it).
-func (ns *NS) Close() error {
-	if ns.NL != nil {
-		ns.NL.Close()
-	}
-	ns.Handle.Close()
-	return netns.DeleteNamed(ns.Name)
-}
-
-// Do runs f on a goroutine whose OS thread is in the namespace and returns
-// its error. Sockets and taps f opens belong to the namespace and may then
-// be used from any goroutine.
-func (ns *NS) Do(f func() error) error {
-	c := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		if err := netns.Set(ns.Handle); err != nil {
-			c <- fmt.Errorf("enter %s: %w", ns.Name, err)
-			return
-		}
-		c <- f()
-	}()
-	return <-c
-}
-
-// Exec runs a command in the namespace (ip netns exec) and returns its
-// combined output.
-func (ns *NS) Exec(name string, args ...string) (string, error) {
-	out, err := exec.Command("ip", append([]string{"netns", "exec", ns.Name, name}, args...)...).CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("%s %s in %s: %w: %s", name, strings.Join(args, " "), ns.Name, err, out)
-	}
-	return string(out), nil
-}
-
-// Sysctl writes a value under /proc/sys in the namespace, e.g.
-// Sysctl("net/ipv4/ip_forward", "1").
-func (ns *NS) Sysctl(path, value string) error {
-	return ns.Do(func() error {
-		return os.WriteFile(filepath.Join("/proc/sys", path), []byte(value), 0o644)
-	})
-}
-
-// CsumErrors returns the namespace's checksum error counters: Tcp
-// InCsumErrors (IPv4 and IPv6), Udp InCsumErrors and Udp6InCsumErrors.
-func (ns *NS) CsumErrors() (tcp, udp, udp6 uint64, err error) {
-	err = ns.Do(func() error {
-		snmp, err := os.ReadFile("/proc/thread-self/net/snmp")
-		if err != nil {
-			return err
-		}
-		if tcp, err = snmpField(snmp, "Tcp:", "InCsumErrors"); err != nil {
-			return err
-		}
-		if udp, err = snmpField(snmp, "Udp:", "InCsumErrors"); err != nil {
-			return err
-		}
-		snmp6, err := os.ReadFile("/proc/thread-self/net/snmp6")
-		if err != nil {
-			return err
-		}
-		for _, line := range strings.Split(string(snmp6), "\n") {
-			if f := strings.Fields(line); len(f) == 2 && f[0] == "Udp6InCsumErrors" {
-				udp6, err = strconv.ParseUint(f[1], 10, 64)
-				return err
-			}
-		}
-		return errors.New("Udp6InCsumErrors not in snmp6")
-	})
-	return tcp, udp, udp6, err
-}
-
-// snmpField reads one counter of /proc/net/snmp, where each protocol has a
-// line of names followed by a line of values.
-func snmpField(snmp []byte, proto, field string) (uint64, error) {
-	var names []string
-	sc := bufio.NewScanner(bytes.NewReader(snmp))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) == 0 || f[0] != proto {
-			continue
-		}
-		if names == nil {
-			names = f
-			continue
-		}
-		for i, n := range names {
-			if n == field && i < len(f) {
-				return strconv.ParseUint(f[i], 10, 64)
-			}
-		}
-		break
-	}
-	return 0, fmt.Errorf("%s %s not in snmp", proto, field)
-}
 
 // Addresses of the two ends of a NetEnv.
 var (
@@ -184,32 +26,21 @@ var (
 // guest's side of the bridge (10.201.0.2/24, fd00:201::2/64) with the NIC's
 // MAC address.
 type NetEnv struct {
-	NA, NB     *NS
+	NA, NB     *netns.NS
 	TapA, TapB *tap.Tap
 	MAC        net.HardwareAddr
-}
-
-// RequireNetAdmin skips the test unless it can create namespaces and taps.
-func RequireNetAdmin(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces and taps)")
-	}
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skipf("no /dev/net/tun: %v", err)
-	}
 }
 
 // NewNetEnv creates the namespaces and taps; everything is removed when
 // the test ends, whether it passed or not. mac is the NIC's address.
 func NewNetEnv(t testing.TB, mac net.HardwareAddr) *NetEnv {
 	t.Helper()
-	RequireNetAdmin(t)
-	removeStaleNamespaces()
+	netns.RequireNetAdmin(t)
+	netns.RemoveStale()
 	e := &NetEnv{MAC: mac}
 	var err error
-	newNS := func() *NS {
-		ns, err := NewNS()
+	newNS := func() *netns.NS {
+		ns, err := netns.New()
 		if err != nil {
 			t.Skipf("cannot create a network namespace: %v", err)
 		}
@@ -217,7 +48,7 @@ func NewNetEnv(t testing.TB, mac net.HardwareAddr) *NetEnv {
 		return ns
 	}
 	e.NA, e.NB = newNS(), newNS()
-	openTap := func(ns *NS, name string) *tap.Tap {
+	openTap := func(ns *netns.NS, name string) *tap.Tap {
 		var tp *tap.Tap
 		if err := ns.Do(func() error { tp, err = tap.Open(name); return err }); err != nil {
 			t.Fatal(err)
@@ -237,7 +68,7 @@ func NewNetEnv(t testing.TB, mac net.HardwareAddr) *NetEnv {
 }
 
 // configure sets an interface's address, MTU and link state.
-func configure(ns *NS, name string, mac net.HardwareAddr, a4, a6 net.IP) error {
+func configure(ns *netns.NS, name string, mac net.HardwareAddr, a4, a6 net.IP) error {
 	l, err := ns.NL.LinkByName(name)
 	if err != nil {
 		return fmt.Errorf("%s in %s: %w", name, ns.Name, err)
@@ -256,7 +87,7 @@ func configure(ns *NS, name string, mac net.HardwareAddr, a4, a6 net.IP) error {
 	return nil
 }
 
-func addAddrs(ns *NS, l netlink.Link, a4 net.IP, bits4 int, a6 net.IP, bits6 int) error {
+func addAddrs(ns *netns.NS, l netlink.Link, a4 net.IP, bits4 int, a6 net.IP, bits6 int) error {
 	if a4 != nil {
 		if err := ns.NL.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: a4, Mask: net.CIDRMask(bits4, 32)}}); err != nil {
 			return fmt.Errorf("%s: add %v: %w", l.Attrs().Name, a4, err)
@@ -278,7 +109,7 @@ func (e *NetEnv) AddVLAN(id int) (a, b net.IP, err error) {
 	a6 := net.ParseIP(fmt.Sprintf("fd00:202:%x::1", id))
 	b6 := net.ParseIP(fmt.Sprintf("fd00:202:%x::2", id))
 	for _, s := range []struct {
-		ns         *NS
+		ns         *netns.NS
 		parent, nm string
 		a4, a6     net.IP
 	}{{e.NA, "govmdA", fmt.Sprintf("vA.%d", id), a, a6}, {e.NB, "govmdB", fmt.Sprintf("vB.%d", id), b, b6}} {
@@ -322,7 +153,7 @@ func (e *NetEnv) TagVLAN(id int) error {
 	}
 	defer unix.Close(pop)
 	for _, s := range []struct {
-		ns   *NS
+		ns   *netns.NS
 		name string
 	}{{e.NA, "govmdA"}, {e.NB, "govmdB"}} {
 		l, err := s.ns.NL.LinkByName(s.name)
@@ -355,7 +186,7 @@ func (e *NetEnv) TagVLAN(id int) error {
 // UntagVLAN removes TagVLAN's programs.
 func (e *NetEnv) UntagVLAN() error {
 	for _, s := range []struct {
-		ns   *NS
+		ns   *netns.NS
 		name string
 	}{{e.NA, "govmdA"}, {e.NB, "govmdB"}} {
 		l, err := s.ns.NL.LinkByName(s.name)
@@ -389,27 +220,4 @@ func (e *NetEnv) TapFeatures() (map[string]string, error) {
 		}
 	}
 	return m, nil
-}
-
-// removeStaleNamespaces deletes namespaces left by earlier test processes
-// that died before their cleanup ran (their pid no longer exists).
-func removeStaleNamespaces() {
-	ents, err := os.ReadDir("/var/run/netns")
-	if err != nil {
-		return
-	}
-	for _, e := range ents {
-		rest, ok := strings.CutPrefix(e.Name(), nsPrefix)
-		if !ok {
-			continue
-		}
-		pidStr, _, ok := strings.Cut(rest, "-")
-		pid, err := strconv.Atoi(pidStr)
-		if !ok || err != nil || pid == os.Getpid() {
-			continue
-		}
-		if unix.Kill(pid, 0) == unix.ESRCH {
-			_ = netns.DeleteNamed(e.Name())
-		}
-	}
 }

@@ -1,4 +1,4 @@
-package harness_test
+package nettest_test
 
 import (
 	"encoding/binary"
@@ -15,8 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	vnet "github.com/govmd/govmd/devices/net"
+	"github.com/govmd/govmd/devices/net/nettest"
 	"github.com/govmd/govmd/devices/net/tap"
-	"github.com/govmd/govmd/internal/harness"
 	"github.com/govmd/govmd/memory"
 	"github.com/govmd/govmd/virtio"
 	"github.com/govmd/govmd/virtio/virtiotest"
@@ -52,7 +52,7 @@ func ipv4Frame(dst, src net.HardwareAddr, tcp bool, size int) []byte {
 	if tcp {
 		ip[9] = 6
 	}
-	copy(ip[12:16], harness.AddrB4)
+	copy(ip[12:16], nettest.AddrB4)
 	copy(ip[16:20], loopDst)
 	var sum uint32
 	for i := 0; i < 20; i += 2 {
@@ -78,8 +78,8 @@ func ipv4Frame(dst, src net.HardwareAddr, tcp bool, size int) []byte {
 
 // loopEnv prepares NA to send frames from the guest back to it. IPv6 is
 // off on tap A so that only the benchmark's frames cross it.
-func loopEnv(b *testing.B) *harness.NetEnv {
-	env := harness.NewNetEnv(b, testMAC)
+func loopEnv(b *testing.B) *nettest.NetEnv {
+	env := nettest.NewNetEnv(b, testMAC)
 	na := env.NA
 	for _, s := range []struct{ path, v string }{
 		{"net/ipv4/ip_forward", "1"},
@@ -96,11 +96,11 @@ func loopEnv(b *testing.B) *harness.NetEnv {
 		b.Fatal(err)
 	}
 	if err := na.NL.NeighAdd(&netlink.Neigh{LinkIndex: l.Attrs().Index, State: netlink.NUD_PERMANENT,
-		IP: harness.AddrB4, HardwareAddr: testMAC}); err != nil {
+		IP: nettest.AddrB4, HardwareAddr: testMAC}); err != nil {
 		b.Fatal(err)
 	}
 	if err := na.NL.RouteAdd(&netlink.Route{Dst: &net.IPNet{IP: loopDst.Mask(net.CIDRMask(24, 32)), Mask: net.CIDRMask(24, 32)},
-		Gw: harness.AddrB4, LinkIndex: l.Attrs().Index}); err != nil {
+		Gw: nettest.AddrB4, LinkIndex: l.Attrs().Index}); err != nil {
 		b.Fatal(err)
 	}
 	return env
@@ -120,7 +120,7 @@ type loopCase struct {
 // forwarding path segments it in software before tap A (netif_skb_features
 // drops the GSO features), and 46 MTU frames come back instead of one.
 var loopCases = []loopCase{
-	{name: "tso-64KiB", features: harness.LinuxFeatures, tcp: true, size: 65535, rxBuf: 4096,
+	{name: "tso-64KiB", features: nettest.LinuxFeatures, tcp: true, size: 65535, rxBuf: 4096,
 		hdr: vnet.Header{Flags: vnet.HdrFNeedsCsum, GSOType: vnet.GSOTCPv4, HdrLen: 54, GSOSize: 1448, CsumStart: 34, CsumOffset: 16}},
 	{name: "mtu-no-offload", features: virtio.FVersion1 | vnet.FMrgRxbuf | virtio.FRingEventIdx, size: 1514},
 	{name: "64B", features: virtio.FVersion1 | vnet.FMrgRxbuf | virtio.FRingEventIdx, size: 64},
@@ -130,7 +130,7 @@ func (c loopCase) rxBufSize() int {
 	if c.rxBuf != 0 {
 		return c.rxBuf
 	}
-	return 2048 // harness.NICConfig's default
+	return 2048 // nettest.NICConfig's default
 }
 
 // rxNeed is how many bytes of receive buffers the device offers the tap
@@ -275,7 +275,7 @@ func loopDevice(b *testing.B, c loopCase) {
 		b.Fatal(err)
 	}
 	defer dev.Close()
-	n, err := harness.NewNIC(dev, harness.NICConfig{Features: c.features, RxBufSize: c.rxBufSize(),
+	n, err := nettest.NewNIC(dev, nettest.NICConfig{Features: c.features, RxBufSize: c.rxBufSize(),
 		QueueSize: loopQueueSize, TxSlots: loopTxSlots, MemSize: loopMemSize})
 	if err != nil {
 		b.Fatal(err)
@@ -436,10 +436,10 @@ func loopRaw(b *testing.B, c loopCase) {
 func BenchmarkTCPStream(b *testing.B) {
 	for _, dir := range []string{"guest-to-host", "host-to-guest"} {
 		b.Run(dir, func(b *testing.B) {
-			r := newRig(b, rigConfig{nic: harness.NICConfig{Features: harness.LinuxFeatures}})
-			from, to, dst := r.env.NB, r.env.NA, harness.AddrA4
+			r := newRig(b, rigConfig{nic: nettest.NICConfig{Features: nettest.LinuxFeatures}})
+			from, to, dst := r.env.NB, r.env.NA, nettest.AddrA4
 			if dir == "host-to-guest" {
-				from, to, dst = r.env.NA, r.env.NB, harness.AddrB4
+				from, to, dst = r.env.NA, r.env.NB, nettest.AddrB4
 			}
 			addr := net.JoinHostPort(dst.String(), "7301")
 			var ln net.Listener
