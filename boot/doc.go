@@ -61,6 +61,7 @@
 //	0x09000-0x09fff  PML4 (64-bit entry only)
 //	0x0a000-0x0afff  PDPT
 //	0x0b000-0x0efff  four page directories: 2 MiB pages mapping 0-4 GiB 1:1
+//	0x0f000-0x0f0ff  bzImage setup_data: SETUP_RNG_SEED (Config.RNGSeed)
 //	0x20000-0x2ffff  kernel command line (NUL terminated)
 //
 // [BIOSArea] = [0x9fc00, 0x100000) (EBDA, VGA hole, option ROMs, BIOS) is

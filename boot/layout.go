@@ -14,6 +14,7 @@ const (
 	PML4Addr         = 0x9000
 	PDPTAddr         = 0xa000
 	PDAddr           = 0xb000 // four consecutive page directories
+	SetupDataAddr    = 0xf000 // bzImage setup_data list (the RNG seed)
 	CmdlineAddr      = 0x20000
 	CmdlineAreaSize  = 0x10000
 )

@@ -2,6 +2,7 @@ package boot
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"slices"
 	"strings"
@@ -30,7 +31,23 @@ type Config struct {
 	Reserved []memory.Range
 	// RSDP is the guest physical address of the ACPI RSDP, 0 for none.
 	RSDP uint64
+	// RNGSeed, if not empty, seeds the guest kernel's random number
+	// generator at boot: a SETUP_RNG_SEED setup_data entry (bzImage, boot
+	// protocol 2.09 or later; Linux 6.1 and later read it, and with
+	// RANDOM_TRUST_BOOTLOADER its CRNG is ready at once). At most
+	// MaxRNGSeed bytes. A PVH boot has no place for it.
+	RNGSeed []byte
 }
+
+// MaxRNGSeed is the largest Config.RNGSeed.
+const MaxRNGSeed = 256
+
+// setupRNGSeed is the setup_data type of a random seed (SETUP_RNG_SEED);
+// setup_data exists from boot protocol 2.09 on.
+const (
+	setupRNGSeed     = 9
+	setupDataVersion = 0x0209
+)
 
 // Format is a kernel image format.
 type Format int
@@ -124,6 +141,9 @@ func Load(mem *memory.Memory, cfg Config) (*Loaded, error) {
 	if strings.IndexByte(cfg.Cmdline, 0) >= 0 {
 		return nil, fmt.Errorf("%w: kernel command line contains a NUL byte", ErrConfig)
 	}
+	if len(cfg.RNGSeed) > MaxRNGSeed {
+		return nil, fmt.Errorf("%w: RNG seed of %d bytes, at most %d", ErrConfig, len(cfg.RNGSeed), MaxRNGSeed)
+	}
 	p := placer{ram: ram, avoid: avoid}
 	switch {
 	case bytes.HasPrefix(cfg.Kernel, elfMagic):
@@ -185,7 +205,19 @@ func loadBzImage(mem *memory.Memory, cfg *Config, bz *bzImage, p placer, e820 []
 	if err := writeCommon(mem, cfg, ir, flatCode(bz.kernel64)); err != nil {
 		return nil, err
 	}
-	if err := mem.WriteAt(bz.zeroPage(load, ir, cfg.RSDP, e820), ZeroPageAddr); err != nil {
+	zp := bz.zeroPage(load, ir, cfg.RSDP, e820)
+	if len(cfg.RNGSeed) > 0 && bz.hdr.Version >= setupDataVersion {
+		// struct setup_data { u64 next; u32 type; u32 len; u8 data[]; }
+		sd := make([]byte, 16+len(cfg.RNGSeed))
+		binary.LittleEndian.PutUint32(sd[8:], setupRNGSeed)
+		binary.LittleEndian.PutUint32(sd[12:], uint32(len(cfg.RNGSeed)))
+		copy(sd[16:], cfg.RNGSeed)
+		if err := mem.WriteAt(sd, SetupDataAddr); err != nil {
+			return nil, fmt.Errorf("writing setup_data: %w", err)
+		}
+		binary.LittleEndian.PutUint64(zp[bpSetupData:], SetupDataAddr)
+	}
+	if err := mem.WriteAt(zp, ZeroPageAddr); err != nil {
 		return nil, fmt.Errorf("writing boot_params: %w", err)
 	}
 	var st CPUState

@@ -1,6 +1,8 @@
 package boot
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"strings"
 	"testing"
@@ -143,5 +145,37 @@ func TestLoadRespectsExplicitRAM(t *testing.T) {
 	}
 	if l.InitrdRange.GPA != 8*mib-pageSize {
 		t.Errorf("initrd at %#x", l.InitrdRange.GPA)
+	}
+}
+
+// TestRNGSeed: a bzImage with boot protocol 2.09+ gets the seed as a
+// SETUP_RNG_SEED setup_data entry that boot_params points to; an older one
+// and a PVH kernel get none; a seed over MaxRNGSeed is refused.
+func TestRNGSeed(t *testing.T) {
+	seed := []byte("0123456789abcdef0123456789abcdef")
+	mem := newMem(t, bzRAM...)
+	if _, err := Load(mem, Config{Kernel: testBz().build(), RNGSeed: seed}); err != nil {
+		t.Fatal(err)
+	}
+	zp := readMem(t, mem, ZeroPageAddr, pageSize)
+	if got := binary.LittleEndian.Uint64(zp[bpSetupData:]); got != SetupDataAddr {
+		t.Fatalf("boot_params.hdr.setup_data = %#x", got)
+	}
+	sd := readMem(t, mem, SetupDataAddr, 16+uint64(len(seed)))
+	if next, typ, n := binary.LittleEndian.Uint64(sd), binary.LittleEndian.Uint32(sd[8:]), binary.LittleEndian.Uint32(sd[12:]); next != 0 || typ != 9 || n != uint32(len(seed)) || !bytes.Equal(sd[16:], seed) {
+		t.Fatalf("setup_data next %#x type %d len %d data %q", next, typ, n, sd[16:])
+	}
+
+	old := testBz()
+	old.version = 0x0208
+	mem = newMem(t, bzRAM...)
+	if _, err := Load(mem, Config{Kernel: old.build(), RNGSeed: seed}); err != nil {
+		t.Fatal(err)
+	}
+	if got := binary.LittleEndian.Uint64(readMem(t, mem, ZeroPageAddr, pageSize)[bpSetupData:]); got != 0 {
+		t.Errorf("protocol 2.08: setup_data = %#x", got)
+	}
+	if _, err := Load(newMem(t, bzRAM...), Config{Kernel: testBz().build(), RNGSeed: make([]byte, MaxRNGSeed+1)}); !errors.Is(err, ErrConfig) {
+		t.Errorf("oversized seed: %v", err)
 	}
 }

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -140,8 +141,14 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := v.mem.WriteAt(mp, boot.MPTableAddr); err != nil {
 		return nil, fmt.Errorf("MP table: %w", err)
 	}
+	// A seed for the guest kernel's CRNG (bzImage: SETUP_RNG_SEED), so
+	// that it is ready at boot instead of waiting for entropy.
+	seed := make([]byte, 32)
+	if _, err := rand.Read(seed); err != nil {
+		return nil, fmt.Errorf("RNG seed: %w", err)
+	}
 	loaded, err := boot.Load(v.mem, boot.Config{
-		Kernel: kernel, Initrd: initrd, Cmdline: cfg.Cmdline, RAM: ram, RSDP: rsdp,
+		Kernel: kernel, Initrd: initrd, Cmdline: cfg.Cmdline, RAM: ram, RSDP: rsdp, RNGSeed: seed,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
