@@ -33,6 +33,8 @@ type Config struct {
 
 	Nets  []NetConfig
 	Disks []DiskConfig
+	// RNG adds a virtio-rng device (entropy from the host's getrandom).
+	RNG bool
 
 	// CPUProfile selects the CPU the guest sees: ProfileAuto (default:
 	// detect the host), ProfileHost (everything KVM supports), ProfilePVM
@@ -127,8 +129,8 @@ func (c *Config) Validate() error {
 	if _, err := ParseCPUProfile(c.CPUProfile.String()); err != nil {
 		return configWrap(err, "--cpu-profile")
 	}
-	if len(c.Nets)+len(c.Disks) > maxDevices {
-		return configErr("too many devices (%d, at most %d)", len(c.Nets)+len(c.Disks), maxDevices)
+	if n := len(c.Nets) + len(c.Disks) + boolInt(c.RNG); n > maxDevices {
+		return configErr("too many devices (%d, at most %d)", n, maxDevices)
 	}
 	taps := map[string]bool{}
 	for i := range c.Nets {
@@ -234,6 +236,13 @@ func fileKind(m os.FileMode) string {
 		return "a socket"
 	}
 	return m.Type().String()
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // validMode checks a transport mode a library caller may have set to any

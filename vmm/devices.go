@@ -7,6 +7,7 @@ import (
 	"github.com/govmd/govmd/devices/blk"
 	vnet "github.com/govmd/govmd/devices/net"
 	"github.com/govmd/govmd/devices/net/tap"
+	"github.com/govmd/govmd/devices/rng"
 	"github.com/govmd/govmd/internal/eventfd"
 	"github.com/govmd/govmd/kvm"
 	"github.com/govmd/govmd/pci"
@@ -129,6 +130,16 @@ func (v *VM) addPCIDevices(disks []openedDisk) error {
 		stats := func() fmt.Stringer { return d.dev.Stats() }
 		if err := v.addVirtio("disk", d.cfg.Path, d.dev, stats, d.cfg.Transport); err != nil {
 			return fmt.Errorf("--disk %s: %w", d.cfg.Path, err)
+		}
+	}
+	if v.cfg.RNG {
+		dev, err := rng.New(rng.Config{Log: v.log.With("rng", 0)})
+		if err != nil {
+			return err
+		}
+		v.closers = append(v.closers, dev.Close)
+		if err := v.addVirtio("rng", "getrandom", dev, func() fmt.Stringer { return dev.Stats() }, pcitransport.Transitional); err != nil {
+			return fmt.Errorf("--rng: %w", err)
 		}
 	}
 	return nil

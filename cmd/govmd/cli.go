@@ -30,8 +30,11 @@ const usage = `usage:
   govmd run --kernel PATH [--initrd PATH] [--cmdline STR] [--memory 512M] [--cpus N]
             [--console stdio|PATH] [--net tap=NAME[,mac=MAC][,transport=transitional|modern|legacy]
             [,offload=on|off|csum][,locked]]... [--disk PATH[,ro][,serial=ID][,transport=...][,queues=N]]...
-            [--cpu-profile auto|host|pvm|bare] [--log-level debug|info|warn|error]
+            [--rng=on|off] [--cpu-profile auto|host|pvm|bare] [--log-level debug|info|warn|error]
+            [--guest-profile FILE]
   govmd version
+
+govmd run --help describes every flag.
 `
 
 // version is set by the linker (-X main.version=...); otherwise the module
@@ -73,6 +76,30 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	return exitUsage
 }
 
+// onOff is a boolean flag that also takes on and off (--rng=off).
+type onOff struct{ v *bool }
+
+func (o onOff) String() string {
+	if o.v != nil && *o.v {
+		return "on"
+	}
+	return "off"
+}
+
+func (o onOff) Set(s string) error {
+	switch strings.ToLower(s) {
+	case "on", "true", "1", "yes":
+		*o.v = true
+	case "off", "false", "0", "no":
+		*o.v = false
+	default:
+		return fmt.Errorf("%q is not on or off", s)
+	}
+	return nil
+}
+
+func (o onOff) IsBoolFlag() bool { return true }
+
 // listFlag collects a repeatable flag.
 type listFlag []string
 
@@ -98,9 +125,14 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.GuestProfile, "guest-profile", "", "write where the vCPUs spent their time (RIP sampled every 10 ms, per kernel function) to this file at exit")
 	fs.Var(&nets, "net", "virtio-net NIC (repeatable)")
 	fs.Var(&disks, "disk", "virtio-blk disk (repeatable)")
+	cfg.RNG = true
+	fs.Var(onOff{&cfg.RNG}, "rng", "a virtio-rng device: entropy from the host's getrandom(2), at most 64 KiB a request and 8 MiB/s (--rng=off omits it)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(stdout, usage)
+			fmt.Fprintln(stdout, "\ngovmd run flags:")
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
 			return exitOK
 		}
 		fmt.Fprintf(stderr, "govmd: %v\n", err)
