@@ -37,13 +37,15 @@ func cmdline(t testing.TB, extra string) string {
 
 // TestBootReady boots the test kernel both ways (bzImage and PVH vmlinux)
 // with 2 vCPUs and checks that the guest reached userspace, saw both CPUs,
-// and powered off with govmd exiting 0.
+// and powered off with govmd exiting 0; that its hardware RNG is govmd's
+// virtio-rng and gives 4 KiB; and, for the bzImage, which gets govmd's
+// RNG seed, that its CRNG was ready before userspace.
 func TestBootReady(t *testing.T) {
 	p := logProfile(t)
 	for _, kernel := range []string{"linux/bzImage", "linux/vmlinux"} {
 		t.Run(strings.TrimPrefix(kernel, "linux/"), func(t *testing.T) {
 			args := []string{"run", "--kernel", image(t, kernel), "--initrd", image(t, "initrd.cpio"),
-				"--cmdline", cmdline(t, "govmd.test=ready"), "--cpus", "2", "--memory", "256M"}
+				"--cmdline", cmdline(t, "govmd.test=ready,rng"), "--cpus", "2", "--memory", "256M"}
 			// The ELF kernel has symbols: its boot also checks the
 			// guest profile.
 			prof := filepath.Join(t.TempDir(), "guest-profile")
@@ -90,6 +92,19 @@ func TestBootReady(t *testing.T) {
 			}
 			if elf {
 				checkGuestProfile(t, prof)
+			}
+			res := g.Results()
+			if res["rng.current"] != "virtio_rng.0" || res["rng.bytes"] != "4096" || res["rng.crc32"] == digest("crc32", make([]byte, 4096)) {
+				t.Errorf("guest hardware RNG: current %q, read %q bytes, crc32 %q", res["rng.current"], res["rng.bytes"], res["rng.crc32"])
+			}
+			if !strings.Contains(g.Stderr(), "rng stats") {
+				t.Errorf("govmd printed no rng counters:\n%s", g.Stderr())
+			}
+			if !elf {
+				crng, init := consoleIndex(g, "random: crng init done"), consoleIndex(g, "Run /init as init process")
+				if crng < 0 || init < 0 || crng > init {
+					t.Errorf("the CRNG was not ready before userspace (crng init done at line %d, init at line %d)", crng, init)
+				}
 			}
 			t.Logf("GOVMD-READY at guest uptime %ss, %.1fs wall", m[1], time.Since(g.start).Seconds())
 		})
@@ -167,6 +182,17 @@ func writeImage(t *testing.T, size int) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// consoleIndex returns the index of the first console line containing s,
+// or -1.
+func consoleIndex(g *Guest, s string) int {
+	for i, l := range g.Console() {
+		if strings.Contains(l, s) {
+			return i
+		}
+	}
+	return -1
 }
 
 // consoleHas reports whether a console line contains s.
