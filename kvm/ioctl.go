@@ -83,6 +83,9 @@ const (
 	kvmSetVCPUEvents = 0x4040aea0 // _IOW(KVMIO, 0xa0, struct kvm_vcpu_events)
 	kvmGetXSave      = 0x9000aea4 // _IOR(KVMIO, 0xa4, struct kvm_xsave)
 	kvmSetXSave      = 0x5000aea5 // _IOW(KVMIO, 0xa5, struct kvm_xsave)
+
+	// ioctls on a VM or vCPU fd.
+	kvmGetStatsFD = 0xaece // _IO(KVMIO, 0xce)
 )
 
 // requestName names a request for error messages.
@@ -90,6 +93,8 @@ func requestName(req uintptr) string {
 	switch req {
 	case kvmGetAPIVersion:
 		return "KVM_GET_API_VERSION"
+	case kvmGetStatsFD:
+		return "KVM_GET_STATS_FD"
 	case kvmCreateVM:
 		return "KVM_CREATE_VM"
 	case kvmGetMSRIndexList:

@@ -51,6 +51,7 @@ func TestIoctlNumbers(t *testing.T) {
 		{"KVM_SET_VCPU_EVENTS", kvmSetVCPUEvents, iocW(0xa0, 64)},
 		{"KVM_GET_XSAVE", kvmGetXSave, iocR(0xa4, 4096)},
 		{"KVM_SET_XSAVE", kvmSetXSave, iocW(0xa5, 4096)},
+		{"KVM_GET_STATS_FD", kvmGetStatsFD, iocIO(0xce)},
 	}
 	seen := make(map[uintptr]string)
 	for _, tc := range tests {

@@ -24,7 +24,7 @@ type pciDevice struct {
 	index int    // among the devices of its kind, in command-line order
 	name  string // what the user named it: the tap, the image path
 	dev   virtio.Device
-	stats func() fmt.Stringer // the device's counters
+	stats func() any // the device's counters (a Stats value with a String method)
 	tr    *pcitransport.Transport
 	intx  *intxLine
 	slot  int
@@ -68,7 +68,7 @@ func (d doorbells) RemoveDoorbell(io bool, addr uint64, size int, dm *uint64, fd
 // addVirtio puts dev in the next free PCI slot behind a virtio PCI
 // transport in mode: an MSI-X sink with a vector per queue plus config, an
 // INTx line on the slot's routed GSI.
-func (v *VM) addVirtio(kind, name string, dev virtio.Device, stats func() fmt.Stringer, mode pcitransport.Mode) error {
+func (v *VM) addVirtio(kind, name string, dev virtio.Device, stats func() any, mode pcitransport.Mode) error {
 	slot := len(v.devices) + 1
 	sink, err := newMSIXSink(v.kvm, v.router, len(dev.QueueSizes())+1, v.log)
 	if err != nil {
@@ -116,7 +116,7 @@ func (v *VM) addPCIDevices(disks []openedDisk) error {
 			return fmt.Errorf("--net %s: %w", nc.Tap, err)
 		}
 		v.closers = append(v.closers, dev.Close)
-		stats := func() fmt.Stringer { return dev.Stats() }
+		stats := func() any { return dev.Stats() }
 		if err := v.addVirtio("nic", t.Name(), dev, stats, nc.Transport); err != nil {
 			return fmt.Errorf("--net %s: %w", nc.Tap, err)
 		}
@@ -127,7 +127,7 @@ func (v *VM) addPCIDevices(disks []openedDisk) error {
 		v.log.Debug("nic", "tap", t.Name(), "tap_state", created, "mac", dev.MAC())
 	}
 	for _, d := range disks {
-		stats := func() fmt.Stringer { return d.dev.Stats() }
+		stats := func() any { return d.dev.Stats() }
 		if err := v.addVirtio("disk", d.cfg.Path, d.dev, stats, d.cfg.Transport); err != nil {
 			return fmt.Errorf("--disk %s: %w", d.cfg.Path, err)
 		}
@@ -138,7 +138,7 @@ func (v *VM) addPCIDevices(disks []openedDisk) error {
 			return err
 		}
 		v.closers = append(v.closers, dev.Close)
-		if err := v.addVirtio("rng", "getrandom", dev, func() fmt.Stringer { return dev.Stats() }, pcitransport.Transitional); err != nil {
+		if err := v.addVirtio("rng", "getrandom", dev, func() any { return dev.Stats() }, pcitransport.Transitional); err != nil {
 			return fmt.Errorf("--rng: %w", err)
 		}
 	}
@@ -154,9 +154,13 @@ func (v *VM) serveINTx() {
 
 // LogStats logs the exit counters and every device's counters.
 func (v *VM) LogStats() {
-	v.log.Info("vcpu exits", "counts", v.stats.String())
+	var kvmExits uint64
+	for _, vc := range v.Counters().VCPUs {
+		kvmExits += vc.KVM["exits"]
+	}
+	v.log.Info("vcpu exits", "counts", v.stats.String(), "kvm_exits", kvmExits)
 	for _, d := range v.devices {
-		v.log.Info(d.kind+" stats", d.kind, d.index, "name", d.name, "transport_faults", d.tr.Faults(), "stats", d.stats().String())
+		v.log.Info(d.kind+" stats", d.kind, d.index, "name", d.name, "transport_faults", d.tr.Faults(), "stats", fmt.Sprint(d.stats()))
 		v.logRings(d)
 	}
 	if dropped := v.uart.Dropped(); dropped > 0 {

@@ -33,6 +33,10 @@ type vcpuThread struct {
 // carried out for the host's emulator (rare: under a lock).
 type exitStats struct {
 	perCPU []vcpuExits // by vCPU id; set before the vCPUs start
+	// kvm holds KVM's own counters of each vCPU (nil where the kernel
+	// has no binary statistics), set by the vCPU's thread when it starts
+	// and closed with the VM.
+	kvm []atomic.Pointer[kvm.Stats]
 
 	mu       sync.Mutex
 	emulated map[string]uint64
@@ -101,7 +105,6 @@ func (v *VM) Run(ctx context.Context) (Result, error) {
 		go v.consoleInput(ctx, v.cfg.ConsoleIn)
 	}
 
-	v.stats.perCPU = make([]vcpuExits, v.cfg.CPUs)
 	var wg sync.WaitGroup
 	ready := make(chan error, v.cfg.CPUs)
 	start := make(chan struct{})
@@ -169,6 +172,11 @@ func (v *VM) vcpuMain(id int, ready chan<- error, start <-chan struct{}) {
 	if err := v.setupVCPU(cpu, id); err != nil {
 		ready <- fmt.Errorf("vcpu %d: %w", id, err)
 		return
+	}
+	if st, err := cpu.OpenStats(); err == nil {
+		v.stats.kvm[id].Store(st)
+	} else {
+		v.log.Debug("no KVM statistics for the vCPU", "vcpu", id, "err", err)
 	}
 	t := &vcpuThread{id: id, cpu: cpu}
 	t.tid.Store(int64(kvm.ThreadID()))

@@ -96,6 +96,8 @@ func New(cfg Config) (_ *VM, err error) {
 		return nil, err
 	}
 	v := &VM{cfg: cfg, log: cfg.Log, glog: ratelimit.New(cfg.Log, 10*time.Second, 10), endCh: make(chan struct{})}
+	v.stats.perCPU = make([]vcpuExits, cfg.CPUs)
+	v.stats.kvm = make([]atomic.Pointer[kvm.Stats], cfg.CPUs)
 	defer func() {
 		if err != nil {
 			v.Close()
@@ -357,6 +359,11 @@ func (v *VM) Close() error {
 		}
 	}
 	v.closers = nil
+	for i := range v.stats.kvm {
+		if st := v.stats.kvm[i].Swap(nil); st != nil {
+			st.Close()
+		}
+	}
 	return errors.Join(errs...)
 }
 
