@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -14,6 +15,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/govmd/govmd/api"
 	"github.com/govmd/govmd/vmm"
 )
 
@@ -31,7 +33,7 @@ const usage = `usage:
             [--console stdio|PATH] [--net tap=NAME[,mac=MAC][,transport=transitional|modern|legacy]
             [,offload=on|off|csum][,locked]]... [--disk PATH[,ro][,serial=ID][,transport=...][,queues=N]]...
             [--rng=on|off] [--cpu-profile auto|host|pvm|bare] [--log-level debug|info|warn|error]
-            [--guest-profile FILE]
+            [--guest-profile FILE] [--api-socket PATH]
   govmd version
 
 govmd run --help describes every flag.
@@ -114,6 +116,7 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		memory   = fs.String("memory", "512M", "guest RAM (K, M, G suffixes)")
 		console  = fs.String("console", "stdio", "serial console: stdio or a file path")
 		logLevel = fs.String("log-level", "info", "debug, info, warn or error")
+		apiPath  = fs.String("api-socket", "", "serve the control API (HTTP/1.1, JSON) on this unix socket (mode 0600; a stale socket is replaced)")
 		nets     listFlag
 		disks    listFlag
 	)
@@ -187,9 +190,29 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	// creates no console file; the guest writes nothing before Run.
 	out, in := &lateWriter{}, &lateReader{}
 	cfg.Console, cfg.ConsoleIn = out, in
+	var apiListener net.Listener
+	if *apiPath != "" {
+		l, err := api.Listen(*apiPath)
+		if err != nil {
+			return fail(fmt.Errorf("%w: %w", vmm.ErrConfig, err))
+		}
+		apiListener = l
+		defer func() { l.Close(); os.Remove(*apiPath) }()
+	}
 	vm, err := vmm.New(cfg)
 	if err != nil {
 		return fail(err)
+	}
+	if l := apiListener; l != nil {
+		apiCtx, apiStop := context.WithCancel(context.Background())
+		apiDone := make(chan struct{})
+		go func() {
+			defer close(apiDone)
+			if err := api.NewServer(vm, cfg.Log).Serve(apiCtx, l); err != nil {
+				cfg.Log.Error("api socket", "err", err)
+			}
+		}()
+		defer func() { apiStop(); <-apiDone }()
 	}
 	con, err := openConsole(*console, stdin, stdout, stop)
 	if err != nil {

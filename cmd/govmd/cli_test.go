@@ -56,6 +56,8 @@ func TestBadInput(t *testing.T) {
 		{"unknown flag", []string{"run", "--kernel", kernel, "--turbo"}, "flag provided but not defined"},
 		{"unknown command", []string{"start"}, "unknown command"},
 		{"bad log level", []string{"run", "--kernel", kernel, "--log-level", "loud"}, "log-level"},
+		{"api socket path is a file", []string{"run", "--kernel", kernel, "--api-socket", text}, "not a socket"},
+		{"api socket in a missing directory", []string{"run", "--kernel", kernel, "--api-socket", filepath.Join(dir, "no", "api.sock")}, "api socket"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
