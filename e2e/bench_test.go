@@ -3,9 +3,12 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,12 +16,9 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/govmd/govmd/internal/netns"
 )
@@ -136,8 +136,8 @@ type guestRun struct {
 
 // runGuest runs argv until it exits, is over limit or its console is
 // silent for the profile's Silence, and calls line for every console line
-// with the time it was read and the VMM's process ID.
-func runGuest(argv []string, limit time.Duration, line func(now time.Time, pid int, s string)) guestRun {
+// with the time it was read.
+func runGuest(argv []string, limit time.Duration, line func(now time.Time, s string)) guestRun {
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
@@ -170,7 +170,7 @@ func runGuest(argv []string, limit time.Duration, line func(now time.Time, pid i
 				done = true
 				break
 			}
-			line(time.Now(), cmd.Process.Pid, l)
+			line(time.Now(), l)
 			r.lines++
 			r.crashed = r.crashed || crashRe.MatchString(l)
 			silence.Reset(quiet)
@@ -211,7 +211,7 @@ func (r guestRun) failure(what string) error {
 func bootOnce(argv []string) (wall, uptime, rssMiB float64, err error) {
 	start := time.Now()
 	found := false
-	r := runGuest(argv, profile().Boot, func(now time.Time, _ int, l string) {
+	r := runGuest(argv, profile().Boot, func(now time.Time, l string) {
 		if m := readyRe.FindStringSubmatch(l); m != nil && !found {
 			wall = now.Sub(start).Seconds()
 			fmt.Sscan(m[1], &uptime)
@@ -274,12 +274,14 @@ func BenchmarkGuestBlk(b *testing.B) {
 			"-device", "virtio-blk-pci,drive=d0"),
 	}
 	eachVMM(b, vmms, func(b *testing.B, name string, argv []string) {
+		via := viaFor(b, name)
+		argv = append(argv, via.args()...)
 		host := map[string][]float64{}
 		guest := map[string][]float64{}
 		irqs := map[string][]float64{}
 		exits := map[string][]float64{}
 		hangs, good := benchRuns(b, name, func() error {
-			r, err := blkBenchOnce(argv)
+			r, err := blkBenchOnce(argv, via)
 			for p, v := range r.host {
 				host[p] = append(host[p], v)
 			}
@@ -330,12 +332,12 @@ type blkResult struct {
 
 // blkBenchOnce boots one guest running blk-bench and returns what it
 // measured for the patterns that finished; an error unless all four did.
-func blkBenchOnce(argv []string) (blkResult, error) {
+func blkBenchOnce(argv []string, via exitsVia) (blkResult, error) {
 	r := blkResult{host: map[string]float64{}, guest: map[string]float64{}, irqs: map[string]float64{}, exits: map[string]float64{}}
 	begin := map[string]time.Time{}
 	beginExits := map[string]uint64{}
 	opsOf := map[string]float64{}
-	run := runGuest(argv, blkBenchTimeout(), func(now time.Time, pid int, l string) {
+	run := runGuest(argv, blkBenchTimeout(), func(now time.Time, l string) {
 		if m := blkbenchRe.FindStringSubmatch(l); m != nil {
 			var n, us float64
 			fmt.Sscan(m[2], &n)
@@ -351,7 +353,7 @@ func blkBenchOnce(argv []string) (blkResult, error) {
 			r.irqs[m[1]] = n / opsOf[m[1]]
 		}
 		if m := benchLineRe.FindStringSubmatch(l); m != nil {
-			ex, exOK := kvmExits(pid)
+			ex, exOK := via.read()
 			if m[1] == "begin" {
 				begin[m[2]] = now
 				if exOK {
@@ -371,29 +373,124 @@ func blkBenchOnce(argv []string) (blkResult, error) {
 	return r, nil
 }
 
-var debugfsOnce sync.Once
+// viaFor returns where the benchmark of VMM name (govmd or qemu) reads
+// the VM's exits: a socket in a fresh temporary directory.
+func viaFor(b *testing.B, name string) exitsVia {
+	dir := b.TempDir()
+	if name == "govmd" {
+		return exitsVia{govmd: filepath.Join(dir, "api.sock")}
+	}
+	return exitsVia{qmp: filepath.Join(dir, "qmp.sock")}
+}
 
-// kvmExits returns the VM exits KVM has counted for the VM of process pid
-// (debugfs: /sys/kernel/debug/kvm/<pid>-<fd>/exits), mounting debugfs
-// once if it is not; false where there is none.
-func kvmExits(pid int) (uint64, bool) {
-	debugfsOnce.Do(func() {
-		if _, err := os.Stat("/sys/kernel/debug/kvm"); err != nil {
-			_ = unix.Mount("debugfs", "/sys/kernel/debug", "debugfs", 0, "")
-		}
-	})
-	dirs, _ := filepath.Glob(fmt.Sprintf("/sys/kernel/debug/kvm/%d-*", pid))
+// exitsVia is where a benchmark reads the VM exits KVM counted for the
+// VM under test, while it runs: govmd's API socket (GET /vm/counters, the
+// vCPUs' KVM statistics) or QEMU's QMP socket (query-stats, provider kvm).
+// Both report KVM's own per-vCPU "exits" counter, so the two VMMs are
+// counted alike.
+type exitsVia struct {
+	govmd, qmp string // the socket path; one of them is set
+}
+
+// args returns the VMM flags that create the socket.
+func (e exitsVia) args() []string {
+	if e.govmd != "" {
+		return []string{"--api-socket", e.govmd}
+	}
+	return []string{"-qmp", "unix:" + e.qmp + ",server=on,wait=off"}
+}
+
+// read returns the VM's exits summed over its vCPUs, and false when the
+// socket does not answer or KVM has no statistics.
+func (e exitsVia) read() (uint64, bool) {
+	if e.govmd != "" {
+		return govmdExits(e.govmd)
+	}
+	return qmpExits(e.qmp)
+}
+
+func govmdExits(path string) (uint64, bool) {
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", path)
+		}}}
+	resp, err := c.Get("http://govmd/vm/counters")
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	var cs struct {
+		VCPUs []struct {
+			KVM map[string]uint64 `json:"kvm"`
+		} `json:"vcpus"`
+	}
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&cs) != nil {
+		return 0, false
+	}
 	var sum uint64
 	found := false
-	for _, d := range dirs {
-		b, err := os.ReadFile(filepath.Join(d, "exits"))
-		if err != nil {
-			continue
-		}
-		var n uint64
-		if _, err := fmt.Sscan(string(b), &n); err == nil {
+	for _, v := range cs.VCPUs {
+		if n, ok := v.KVM["exits"]; ok {
 			sum += n
 			found = true
+		}
+	}
+	return sum, found
+}
+
+// qmpExits asks QEMU's QMP socket for its vCPUs' KVM "exits" statistic.
+func qmpExits(path string) (uint64, bool) {
+	conn, err := net.DialTimeout("unix", path, 5*time.Second)
+	if err != nil {
+		return 0, false
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	dec, enc := json.NewDecoder(conn), json.NewEncoder(conn)
+	// reply reads the next answer, skipping asynchronous events.
+	reply := func(v any) error {
+		for {
+			var m map[string]json.RawMessage
+			if err := dec.Decode(&m); err != nil {
+				return err
+			}
+			if _, ev := m["event"]; ev {
+				continue
+			}
+			if e, bad := m["error"]; bad {
+				return fmt.Errorf("qmp: %s", e)
+			}
+			if r, ok := m["return"]; ok {
+				return json.Unmarshal(r, v)
+			}
+			if _, greet := m["QMP"]; greet {
+				return nil
+			}
+		}
+	}
+	var none any
+	if reply(&none) != nil || enc.Encode(map[string]string{"execute": "qmp_capabilities"}) != nil || reply(&none) != nil {
+		return 0, false
+	}
+	req := map[string]any{"execute": "query-stats", "arguments": map[string]any{
+		"target": "vcpu", "providers": []map[string]any{{"provider": "kvm", "names": []string{"exits"}}}}}
+	var res []struct {
+		Stats []struct {
+			Name  string `json:"name"`
+			Value uint64 `json:"value"`
+		} `json:"stats"`
+	}
+	if enc.Encode(req) != nil || reply(&res) != nil {
+		return 0, false
+	}
+	var sum uint64
+	found := false
+	for _, v := range res {
+		for _, st := range v.Stats {
+			if st.Name == "exits" {
+				sum += st.Value
+				found = true
+			}
 		}
 	}
 	return sum, found
@@ -419,7 +516,7 @@ func eachVMM(b *testing.B, vmms map[string][]string, bench func(b *testing.B, na
 // (QEMU refusing a CPU model, say) is one clear error, not a hang.
 func TestGuestRunDidNotStart(t *testing.T) {
 	r := runGuest([]string{"sh", "-c", "echo 'qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69' >&2; exit 1"},
-		time.Minute, func(time.Time, int, string) {})
+		time.Minute, func(time.Time, string) {})
 	err := r.failure("no GOVMD-READY")
 	if err == nil || errors.Is(err, errHang) || errors.Is(err, errCrash) {
 		t.Fatalf("failure = %v, want a plain error", err)
@@ -457,9 +554,11 @@ func BenchmarkGuestNet(b *testing.B) {
 			"-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,romfile="}),
 	}
 	eachVMM(b, vmms, func(b *testing.B, name string, argv []string) {
+		via := viaFor(b, name)
+		argv = append(argv, via.args()...)
 		res := map[string][]float64{}
 		hangs, good := benchRuns(b, name, func() error {
-			r, err := netBenchOnce(argv, gn, p)
+			r, err := netBenchOnce(argv, gn, p, via)
 			for k, v := range r {
 				res[k] = append(res[k], v)
 			}
@@ -481,14 +580,14 @@ func BenchmarkGuestNet(b *testing.B) {
 // test stream when it listens, and returns irqs/pkt-rx, irqs/pkt-tx,
 // exits/pkt-rx and exits/pkt-tx (the exits only where debugfs shows the
 // VM); an error unless both directions were measured.
-func netBenchOnce(argv []string, gn *guestNet, p hostProfile) (map[string]float64, error) {
+func netBenchOnce(argv []string, gn *guestNet, p hostProfile, via exitsVia) (map[string]float64, error) {
 	res := map[string]float64{}
 	start := map[string]uint64{}
 	sendErr := make(chan error, 1)
-	run := runGuest(argv, p.Boot+4*p.Step, func(now time.Time, pid int, l string) {
+	run := runGuest(argv, p.Boot+4*p.Step, func(now time.Time, l string) {
 		if m := tcpStartRe.FindStringSubmatch(l); m != nil {
 			dir := map[string]string{"LISTENING": "rx", "SENDING": "tx"}[m[1]]
-			if ex, ok := kvmExits(pid); ok {
+			if ex, ok := via.read(); ok {
 				start[dir] = ex
 			}
 			if dir == "rx" {
@@ -501,7 +600,7 @@ func netBenchOnce(argv []string, gn *guestNet, p hostProfile) (map[string]float6
 			fmt.Sscan(m[3], &pkts)
 			if pkts > 0 {
 				res["irqs/pkt-"+m[1]] = irqs / pkts
-				if ex, ok := kvmExits(pid); ok {
+				if ex, ok := via.read(); ok {
 					if s, ok := start[m[1]]; ok {
 						res["exits/pkt-"+m[1]] = float64(ex-s) / pkts
 					}
@@ -525,4 +624,38 @@ func netBenchOnce(argv []string, gn *guestNet, p hostProfile) (map[string]float6
 		return res, run.failure("tcp-rx and tcp-tx not both measured")
 	}
 	return res, nil
+}
+
+// TestQMPExits talks to a fake QMP server the way QEMU 7.2 answers: a
+// greeting, the capabilities handshake, an event in between, and
+// query-stats with two vCPUs.
+func TestQMPExits(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "qmp.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		dec := json.NewDecoder(c)
+		var req map[string]any
+		c.Write([]byte(`{"QMP": {"version": {"qemu": {"major": 7}}, "capabilities": []}}` + "\r\n"))
+		dec.Decode(&req)
+		c.Write([]byte(`{"return": {}}` + "\r\n"))
+		dec.Decode(&req)
+		c.Write([]byte(`{"event": "RTC_CHANGE", "data": {}}` + "\r\n"))
+		c.Write([]byte(`{"return": [{"provider": "kvm", "qom-path": "/machine/unattached/device[0]", "stats": [{"name": "exits", "value": 40}]},` +
+			`{"provider": "kvm", "qom-path": "/machine/unattached/device[1]", "stats": [{"name": "exits", "value": 2}]}]}` + "\r\n"))
+	}()
+	if n, ok := qmpExits(path); !ok || n != 42 {
+		t.Fatalf("qmpExits = %d, %v; want 42", n, ok)
+	}
+	if _, ok := qmpExits(filepath.Join(t.TempDir(), "none")); ok {
+		t.Fatal("a missing socket gave a count")
+	}
 }
