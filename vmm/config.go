@@ -129,7 +129,7 @@ func (c *Config) Validate() error {
 	if _, err := ParseCPUProfile(c.CPUProfile.String()); err != nil {
 		return configWrap(err, "--cpu-profile")
 	}
-	if n := len(c.Nets) + len(c.Disks) + boolInt(c.RNG); n > maxDevices {
+	if n := c.pciDevices(); n > maxDevices {
 		return configErr("too many devices (%d, at most %d)", n, maxDevices)
 	}
 	taps := map[string]bool{}
@@ -238,11 +238,14 @@ func fileKind(m os.FileMode) string {
 	return m.Type().String()
 }
 
-func boolInt(b bool) int {
-	if b {
-		return 1
+// pciDevices is the number of PCI functions the VM gets: slots 1 to that
+// number hold them.
+func (c *Config) pciDevices() int {
+	n := len(c.Nets) + len(c.Disks)
+	if c.RNG {
+		n++
 	}
-	return 0
+	return n
 }
 
 // validMode checks a transport mode a library caller may have set to any

@@ -202,8 +202,10 @@ func (v *VM) acpiConfig() acpi.Config {
 	routes := pci.Routes()
 	prt := make([]acpi.PRTEntry, 0, len(routes))
 	for _, r := range routes {
-		// Slots that can hold devices only: the table stays small.
-		if r.Slot > maxDevices {
+		// The slots that hold devices only (there is no hotplug): the
+		// guest interprets this table at boot, which costs seconds when
+		// its instructions are emulated (PVM).
+		if r.Slot > v.cfg.pciDevices() {
 			continue
 		}
 		prt = append(prt, acpi.PRTEntry{Slot: uint8(r.Slot), Pin: r.Pin - 1, GSI: r.GSI})
@@ -229,7 +231,7 @@ func (v *VM) acpiConfig() acpi.Config {
 func (v *VM) mpConfig() boot.MPConfig {
 	c := boot.MPConfig{CPUs: v.cfg.CPUs, LAPICAddr: lapicAddr, IOAPICAddr: acpi.DefaultIOAPICAddr, SCI: irqSCI}
 	for _, r := range pci.Routes() {
-		if r.Slot <= maxDevices {
+		if r.Slot <= v.cfg.pciDevices() {
 			c.PCI = append(c.PCI, boot.MPRoute{Slot: r.Slot, Pin: int(r.Pin), IOAPICPin: int(r.GSI)})
 		}
 	}

@@ -239,3 +239,26 @@ BenchmarkGuestBlk/qemu
 		t.Errorf("ReplaceKVM of the same profile:\n%s", third)
 	}
 }
+
+func TestRenderKVMSameCmdline(t *testing.T) {
+	rs := Results{}
+	in := "BenchmarkBootReady/govmd-2 5 0 ns/op 10.00 s-to-ready 9.00 s-guest-uptime\n" +
+		"BenchmarkBootReady/govmd-qemuline-2 5 0 ns/op 8.00 s-to-ready 7.00 s-guest-uptime\n" +
+		"BenchmarkBootReady/qemu-2 5 0 ns/op 9.00 s-to-ready 8.00 s-guest-uptime\n"
+	if err := Parse(strings.NewReader(in), rs); err != nil {
+		t.Fatal(err)
+	}
+	doc := RenderKVM(rs, KVMInfo{Profile: "pvm"})
+	for _, want := range []string{
+		"| govmd, QEMU's command line | 8.00 | 7.00 |",
+		"| wall time to GOVMD-READY | 1.11x |",
+		"| wall time to GOVMD-READY, both with QEMU's command line | 0.89x |",
+	} {
+		if !strings.Contains(doc, want) {
+			t.Errorf("lacks %q:\n%s", want, doc)
+		}
+	}
+	if un := Unfinished("BenchmarkBootReady/govmd-qemuline\n    bench_test.go:73: govmd-qemuline: no run finished (3 hung or crashed)\n"); un["BenchmarkBootReady/govmd-qemuline"] != 3 {
+		t.Errorf("Unfinished = %v", un)
+	}
+}
