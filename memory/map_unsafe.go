@@ -16,6 +16,17 @@ const hugePageSize = 2 << 20
 // as aligned as the guest physical one, so the alignment is what lets a
 // region's huge pages reach the guest.
 func mapRAM(size uint64) ([]byte, error) {
+	return mapAligned(size, -1, 0)
+}
+
+// mapRAMFile is mapRAM for size bytes of the file fd at offset off, shared.
+func mapRAMFile(fd int, off, size uint64) ([]byte, error) {
+	return mapAligned(size, fd, off)
+}
+
+// mapAligned maps size bytes at a hugePageSize-aligned address: anonymous
+// private memory (fd -1) or the file fd from offset off, shared.
+func mapAligned(size uint64, fd int, off uint64) ([]byte, error) {
 	total := uintptr(size) + hugePageSize
 	p, err := unix.MmapPtr(-1, 0, nil, total, unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
@@ -39,9 +50,34 @@ func mapRAM(size uint64) ([]byte, error) {
 			return nil, err
 		}
 	}
+	if fd >= 0 {
+		// Replace the reservation by the file, at the same address.
+		q, err := unix.MmapPtr(fd, int64(off), ram, uintptr(size), unix.PROT_READ|unix.PROT_WRITE,
+			unix.MAP_SHARED|unix.MAP_FIXED|unix.MAP_NORESERVE)
+		if err != nil {
+			_ = unix.MunmapPtr(ram, uintptr(size))
+			return nil, err
+		}
+		ram = q
+	}
 	b := unsafe.Slice((*byte)(ram), size)
 	_ = unix.Madvise(b, unix.MADV_HUGEPAGE)
 	return b, nil
+}
+
+// mapFile maps size bytes of the file fd from offset off, shared, for
+// MapFiles: full is the whole mapping (from off rounded down to a page),
+// b the requested bytes in it.
+func mapFile(fd int, off, size uint64) (full, b []byte, err error) {
+	delta := off % pageSize
+	n := uintptr(size + delta)
+	p, err := unix.MmapPtr(fd, int64(off-delta), nil, n, unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_SHARED|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil, nil, err
+	}
+	full = unsafe.Slice((*byte)(p), n)
+	return full, full[delta:], nil
 }
 
 // unmapRAM unmaps what mapRAM mapped. (unix.Munmap only takes mappings
@@ -51,4 +87,13 @@ func unmapRAM(b []byte) error {
 		return nil
 	}
 	return unix.MunmapPtr(unsafe.Pointer(&b[0]), uintptr(len(b)))
+}
+
+// HostAddr returns the address of the region's mapping in this process
+// (what a vhost-user memory table calls the user address).
+func (r Region) HostAddr() uint64 {
+	if len(r.Host) == 0 {
+		return 0
+	}
+	return uint64(uintptr(unsafe.Pointer(&r.Host[0])))
 }
