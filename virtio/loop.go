@@ -61,7 +61,7 @@ func (l QueueLoop) Run(ctx context.Context, serve func(ctx context.Context) erro
 // after every batch chains and once the queue is empty. It returns nil
 // once the queue is empty with notifications enabled, ctx.Err() as soon
 // as ctx is done, or the error that broke the queue (the chains served
-// before it are still flushed).
+// before it are still flushed; so are those served before ctx was done).
 func Drain(ctx context.Context, q *Queue, c *Chain, batch int, serve func(*Chain) error, flush func() error) error {
 	served := 0
 	for {
@@ -70,7 +70,10 @@ func Drain(ctx context.Context, q *Queue, c *Chain, batch int, serve func(*Chain
 		}
 		for {
 			if err := ctx.Err(); err != nil {
-				return err
+				// Stopped: complete what was served, so that a queue
+				// handed to another server (vhost-user's GET_VRING_BASE)
+				// continues exactly after it.
+				return errors.Join(err, flush())
 			}
 			ok, err := q.Pop(c)
 			if err != nil {

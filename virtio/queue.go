@@ -108,6 +108,16 @@ func NewQueue(mem *memory.Memory, cfg QueueConfig, features uint64) (*Queue, err
 // Size returns the number of entries.
 func (q *Queue) Size() uint16 { return q.cfg.Size }
 
+// NextAvail returns the free-running index of the next available-ring
+// entry the device will consume (what a vhost-user backend reports at
+// GET_VRING_BASE). Only while no worker uses the queue.
+func (q *Queue) NextAvail() uint16 { return q.lastAvail }
+
+// SetNextAvail makes the device continue at available-ring index v (a
+// vhost-user frontend's SET_VRING_BASE: where the queue's previous server
+// stopped). Only before a worker uses the queue.
+func (q *Queue) SetNextAvail(v uint16) { q.lastAvail = v }
+
 // Config returns the configuration the queue was created with.
 func (q *Queue) Config() QueueConfig { return q.cfg }
 

@@ -320,6 +320,16 @@ func (d *Device) Features() uint64 { return d.features }
 // control queues.
 func (d *Device) QueueSizes() []uint16 { return []uint16{d.qsize, d.qsize, 64} }
 
+// QueuesFor returns how many queues the device uses with the features
+// acked: the control queue only with VIRTIO_NET_F_CTRL_VQ (a vhost-user
+// frontend that serves it itself, as QEMU does, acks no CTRL_VQ).
+func (d *Device) QueuesFor(features uint64) int {
+	if features&FCtrlVQ != 0 {
+		return 3
+	}
+	return 2
+}
+
 // ConfigSize returns the size of struct virtio_net_config as exposed (up to
 // and including mtu).
 func (d *Device) ConfigSize() int { return configSize }
@@ -363,10 +373,7 @@ func (d *Device) Activate(a virtio.Activation) error {
 	if d.workers.Running() {
 		return errors.New("virtio-net: already active")
 	}
-	nq := 2
-	if a.Features&FCtrlVQ != 0 {
-		nq = 3
-	}
+	nq := d.QueuesFor(a.Features)
 	if len(a.Queues) < nq || len(a.Kicks) < nq {
 		return fmt.Errorf("virtio-net: activation has %d queues and %d eventfds, want %d", len(a.Queues), len(a.Kicks), nq)
 	}

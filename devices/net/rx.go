@@ -124,6 +124,14 @@ func newRxWorker(d *Device, a virtio.Activation, wait *rxWait) *rxWorker {
 func (w *rxWorker) run(ctx context.Context) {
 	// step does its own waiting (for buffers and for frames): no kick.
 	w.d.queueLoop("virtio-net receive queue", nil, w.used.Transport).Run(ctx, w.step)
+	if ctx.Err() != nil {
+		// Stopped: complete the frames delivered and give back the
+		// buffers still held (the last ones popped), so that the queue's
+		// next server (after a vhost-user GET_VRING_BASE) loses none.
+		_ = w.used.Publish()
+		w.q.Unpop(uint16(w.count))
+		w.count = 0
+	}
 }
 
 // step waits for buffers, then for a frame, and delivers it. Once ctx is

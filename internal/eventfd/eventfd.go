@@ -30,6 +30,46 @@ func New() (*EventFD, error) {
 	return &EventFD{f: os.NewFile(uintptr(fd), "eventfd"), fd: fd}, nil
 }
 
+// Check checks that fd, received from another process (a vhost-user
+// peer's kick, call or error notifier), is an eventfd, and makes it
+// close-on-exec and non-blocking, so that signalling it never blocks even
+// if the peer lets its counter fill up.
+func Check(fd int) error {
+	link, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		return fmt.Errorf("eventfd: file descriptor %d: %w", fd, err)
+	}
+	if link != "anon_inode:[eventfd]" {
+		return fmt.Errorf("eventfd: file descriptor %d is %q, not an eventfd", fd, link)
+	}
+	unix.CloseOnExec(fd)
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return os.NewSyscallError("fcntl", err)
+	}
+	return nil
+}
+
+// FromFD takes over fd, an eventfd received from another process (see
+// Check). On error fd is closed.
+func FromFD(fd int) (*EventFD, error) {
+	if err := Check(fd); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return &EventFD{f: os.NewFile(uintptr(fd), "eventfd"), fd: fd}, nil
+}
+
+// Signal adds one to the counter of the eventfd fd (non-blocking, as Check
+// leaves it) without taking it over.
+func Signal(fd int) error {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], 1)
+	if _, err := unix.Write(fd, b[:]); err != nil {
+		return os.NewSyscallError("write", err)
+	}
+	return nil
+}
+
 // FD returns the file descriptor, for registration with KVM. It stays valid
 // until Close.
 func (e *EventFD) FD() int { return e.fd }
