@@ -180,16 +180,17 @@ func TestTraffic(t *testing.T) {
 			if tr.Legacy && p.modernOnly || tr.INTx && !p.intx {
 				continue
 			}
-			t.Run(p.name+"/"+tr.Name, func(t *testing.T) { testTraffic(t, p, tr) })
+			t.Run(p.name+"/"+tr.Name, func(t *testing.T) { testTraffic(t, p, tr, false) })
 		}
 	}
 }
 
-func testTraffic(t *testing.T, p profile, tr transport) {
+func testTraffic(t *testing.T, p profile, tr transport, remote bool) {
 	const tcpSize = 2 << 20
 	r := newRig(t, rigConfig{
-		dev: vnet.Config{Offload: p.offload},
-		nic: nicConfig(tr, nettest.NICConfig{Features: featuresFor(tr, p.features, p.legacy), TxLayout: p.txLayout}),
+		remote: remote,
+		dev:    vnet.Config{Offload: p.offload},
+		nic:    nicConfig(tr, nettest.NICConfig{Features: featuresFor(tr, p.features, p.legacy), TxLayout: p.txLayout}),
 	})
 	if tr.Legacy && r.nic.Acked&virtio.FVersion1 != 0 {
 		t.Fatal("legacy driver negotiated VERSION_1")
@@ -516,12 +517,12 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 // offloads and the frames the guest gets.
 func TestCtrlGuestOffloadsAtRunTime(t *testing.T) {
 	for _, tr := range transports {
-		t.Run(tr.Name, func(t *testing.T) { testCtrlGuestOffloadsAtRunTime(t, tr) })
+		t.Run(tr.Name, func(t *testing.T) { testCtrlGuestOffloadsAtRunTime(t, tr, false) })
 	}
 }
 
-func testCtrlGuestOffloadsAtRunTime(t *testing.T, tr transport) {
-	r := newRig(t, rigConfig{nic: nicConfig(tr, nettest.NICConfig{Features: featuresFor(tr, nettest.LinuxFeatures, nettest.LinuxLegacyFeatures)})})
+func testCtrlGuestOffloadsAtRunTime(t *testing.T, tr transport, remote bool) {
+	r := newRig(t, rigConfig{remote: remote, nic: nicConfig(tr, nettest.NICConfig{Features: featuresFor(tr, nettest.LinuxFeatures, nettest.LinuxLegacyFeatures)})})
 	if r.nic.Acked&vnet.FCtrlGuestOffloads == 0 {
 		t.Fatalf("CTRL_GUEST_OFFLOADS not negotiated: %s", vnet.FeatureString(r.nic.Acked))
 	}

@@ -84,6 +84,9 @@ type NICConfig struct {
 	Indirect bool
 	// MemSize is the guest memory size (default 64 MiB).
 	MemSize uint64
+	// Mem, if not nil, is the guest memory (of MemSize bytes at 0) to use
+	// instead of a new one: a Remote's shared memory. The NIC closes it.
+	Mem *memory.Memory
 	// Log receives the transport's messages.
 	Log *slog.Logger
 }
@@ -167,9 +170,12 @@ func NewNIC(dev virtio.Device, cfg NICConfig) (*NIC, error) {
 	if cfg.TxSlots == 0 {
 		cfg.TxSlots = 64
 	}
-	mem, err := memory.New([]memory.Range{{GPA: 0, Size: cfg.MemSize}})
-	if err != nil {
-		return nil, err
+	mem := cfg.Mem
+	if mem == nil {
+		var err error
+		if mem, err = memory.New([]memory.Range{{GPA: 0, Size: cfg.MemSize}}); err != nil {
+			return nil, err
+		}
 	}
 	irq := pcidriver.NewIRQ(len(dev.QueueSizes()))
 	tr, err := pcitransport.New(pcitransport.Config{Mode: cfg.Transport, Device: dev, Mem: mem, MSIX: irq, INTx: irq, Log: cfg.Log})

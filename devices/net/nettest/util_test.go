@@ -17,6 +17,8 @@ import (
 	vnet "github.com/govmd/govmd/devices/net"
 	"github.com/govmd/govmd/devices/net/nettest"
 	"github.com/govmd/govmd/internal/netns"
+	"github.com/govmd/govmd/virtio"
+	"github.com/govmd/govmd/virtio/vhostuser"
 	"github.com/govmd/govmd/virtio/virtiotest/pcidriver"
 )
 
@@ -70,6 +72,9 @@ type rigConfig struct {
 	nic nettest.NICConfig
 	// noBridge leaves tap B unconnected.
 	noBridge bool
+	// remote hosts the device behind a vhost-user backend (nettest.Remote),
+	// as govmd net-device does, and the NIC drives its frontend.
+	remote bool
 }
 
 func newRig(t testing.TB, cfg rigConfig) *rig {
@@ -84,9 +89,37 @@ func newRig(t testing.TB, cfg rigConfig) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dev.Close() })
-	nic, err := nettest.NewNIC(dev, cfg.nic)
+	var driven virtio.Device = dev
+	if cfg.remote {
+		if cfg.nic.MemSize == 0 {
+			cfg.nic.MemSize = 64 << 20
+		}
+		rem, err := nettest.NewRemote(dev, cfg.nic.MemSize, cfg.dev.Log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := rem.Close(); err != nil {
+				t.Errorf("remote: %v", err)
+			}
+			if n := rem.Backend.Faults() + rem.Frontend.Faults(); n != 0 {
+				t.Errorf("vhost-user faults: backend %d, frontend %d", rem.Backend.Faults(), rem.Frontend.Faults())
+			}
+		})
+		cfg.nic.Mem = rem.Mem
+		driven = rem.Frontend
+	}
+	nic, err := nettest.NewNIC(driven, cfg.nic)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if f, ok := driven.(*vhostuser.Frontend); ok {
+		// The frontend hands the queues over in the background.
+		for deadline := time.Now().Add(5 * time.Second); !f.Running(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) || f.Err() != nil {
+				t.Fatalf("backend not serving the queues: %v", f.Err())
+			}
+		}
 	}
 	t.Cleanup(nic.Close)
 	r := &rig{env: env, dev: dev, nic: nic}
