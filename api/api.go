@@ -12,16 +12,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/govmd/govmd/internal/unixsock"
 	"github.com/govmd/govmd/vmm"
 )
 
@@ -43,29 +41,9 @@ const (
 // an error, unless it is a socket nobody listens on (left by a govmd that
 // died), which is replaced.
 func Listen(path string) (net.Listener, error) {
-	if st, err := os.Lstat(path); err == nil {
-		if st.Mode()&fs.ModeSocket == 0 {
-			return nil, fmt.Errorf("api socket %s: exists and is not a socket", path)
-		}
-		c, err := net.DialTimeout("unix", path, time.Second)
-		if err == nil {
-			c.Close()
-			return nil, fmt.Errorf("api socket %s: in use by another process", path)
-		}
-		if !errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("api socket %s: %w", path, err)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("api socket %s: removing the stale socket: %w", path, err)
-		}
-	}
-	l, err := net.Listen("unix", path)
+	l, err := unixsock.Listen(path, "api socket")
 	if err != nil {
-		return nil, fmt.Errorf("api socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("api socket %s: %w", path, err)
+		return nil, err
 	}
 	return l, nil
 }

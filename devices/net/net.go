@@ -162,7 +162,11 @@ const (
 	cfgStatus     = 6
 	cfgMaxVQPairs = 8
 	cfgMTU        = 10
-	configSize    = 12
+	// ConfigSize is the size of the device configuration (mac, status,
+	// max_virtqueue_pairs, mtu).
+	ConfigSize = 12
+	// CtrlQueueSize is the size of the control queue.
+	CtrlQueueSize = 64
 	statusLinkUp  = 1
 )
 
@@ -186,7 +190,7 @@ type Device struct {
 	// elog carries the driver's events (activation, offload changes):
 	// a guest can cause them without limit, so they are rate-limited.
 	elog   *ratelimit.Logger
-	config [configSize]byte // immutable after New
+	config [ConfigSize]byte // immutable after New
 
 	stats counters
 
@@ -318,7 +322,18 @@ func (d *Device) Features() uint64 { return d.features }
 
 // QueueSizes returns the maximum sizes of the receive, transmit and
 // control queues.
-func (d *Device) QueueSizes() []uint16 { return []uint16{d.qsize, d.qsize, 64} }
+func (d *Device) QueueSizes() []uint16 { return []uint16{d.qsize, d.qsize, CtrlQueueSize} }
+
+// ConfigBytes returns the device configuration of a NIC with address mac,
+// its link up, one queue pair and no MTU: what a vhost-user frontend
+// presents for a backend that does not provide the configuration.
+func ConfigBytes(mac stdnet.HardwareAddr) []byte {
+	b := make([]byte, ConfigSize)
+	copy(b[cfgMAC:], mac)
+	binary.LittleEndian.PutUint16(b[cfgStatus:], statusLinkUp)
+	binary.LittleEndian.PutUint16(b[cfgMaxVQPairs:], 1)
+	return b
+}
 
 // QueuesFor returns how many queues the device uses with the features
 // acked: the control queue only with VIRTIO_NET_F_CTRL_VQ (a vhost-user
@@ -332,12 +347,12 @@ func (d *Device) QueuesFor(features uint64) int {
 
 // ConfigSize returns the size of struct virtio_net_config as exposed (up to
 // and including mtu).
-func (d *Device) ConfigSize() int { return configSize }
+func (d *Device) ConfigSize() int { return ConfigSize }
 
 // ReadConfig reads the configuration; bytes out of range read as zero.
 func (d *Device) ReadConfig(off uint64, data []byte) {
 	clear(data)
-	if off < configSize {
+	if off < ConfigSize {
 		copy(data, d.config[off:])
 	}
 }

@@ -109,6 +109,33 @@ func Open(name string) (*Tap, error) {
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		return nil, openError(label, "TUNSETIFF", err)
 	}
+	ok = true // attach owns fd
+	return attach(fd, label)
+}
+
+// FromFD takes over fd, a tap descriptor opened by another process (govmd
+// run hands its sandboxed net-device process the tap this way). It checks
+// that fd is a single-queue tap with virtio headers and puts it into the
+// state Open leaves a tap in. On error fd is closed.
+func FromFD(fd int) (*Tap, error) {
+	label := fmt.Sprintf("(descriptor %d)", fd)
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tap %s: %w", label, os.NewSyscallError("fcntl", err))
+	}
+	unix.CloseOnExec(fd)
+	return attach(fd, label)
+}
+
+// attach checks the tap attached to fd and prepares it for use; it owns
+// fd (closed on error).
+func attach(fd int, label string) (*Tap, error) {
+	owned := false
+	defer func() {
+		if !owned {
+			unix.Close(fd)
+		}
+	}()
 	got, err := unix.NewIfreq("")
 	if err != nil {
 		return nil, openError(label, "TUNGETIFF", err)
@@ -132,15 +159,14 @@ func Open(name string) (*Tap, error) {
 		return nil, fmt.Errorf("tap %s: TUNSETOFFLOAD 0: %w", t.name, err)
 	}
 	// The descriptor is non-blocking, so os.NewFile registers it with the
-	// netpoller.
+	// netpoller; from here on the file owns fd.
 	t.f = os.NewFile(uintptr(fd), tunDevice+":"+t.name)
-	ok = true
+	owned = true
 	if err := t.f.SetReadDeadline(time.Time{}); err != nil {
 		t.f.Close()
 		return nil, fmt.Errorf("tap %s: descriptor is not pollable: %w", t.name, err)
 	}
-	t.rc, err = t.f.SyscallConn()
-	if err != nil {
+	if t.rc, err = t.f.SyscallConn(); err != nil {
 		t.f.Close()
 		return nil, fmt.Errorf("tap %s: %w", t.name, err)
 	}
@@ -327,6 +353,20 @@ func (t *Tap) writeFn(fd uintptr) bool {
 		s.err = os.NewSyscallError("writev", s.err)
 	}
 	return true
+}
+
+// Dup returns a new descriptor of the tap, for handing it to another
+// process (FromFD). The tap stays open here too.
+func (t *Tap) Dup() (*os.File, error) {
+	var fd int
+	var derr error
+	if err := t.rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, fmt.Errorf("tap %s: %w", t.name, err)
+	}
+	if derr != nil {
+		return nil, fmt.Errorf("tap %s: %w", t.name, os.NewSyscallError("fcntl", derr))
+	}
+	return os.NewFile(uintptr(fd), tunDevice+":"+t.name), nil
 }
 
 // CancelRead makes a blocked ReadV return at once, and every later ReadV

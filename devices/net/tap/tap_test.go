@@ -342,3 +342,49 @@ func TestTooManyBuffers(t *testing.T) {
 		}
 	})
 }
+
+// TestFromFD: a tap descriptor handed over (as govmd run hands one to its
+// net-device process) is taken over like an opened tap, and anything else
+// is refused and closed.
+func TestFromFD(t *testing.T) {
+	inNetns(t, func() {
+		tp, err := Open("gt1")
+		if err != nil {
+			panic(err)
+		}
+		defer tp.Close()
+		f, err := tp.Dup()
+		if err != nil {
+			panic(err)
+		}
+		dup, _ := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		f.Close()
+		got, err := FromFD(dup)
+		if err != nil {
+			panic(err)
+		}
+		if got.Name() != "gt1" || got.SupportedOffloads() != tp.SupportedOffloads() {
+			panic(fmt.Sprintf("FromFD: name %q offloads %#x", got.Name(), got.SupportedOffloads()))
+		}
+		if err := got.SetOffload(OffloadCSUM); err != nil {
+			panic(err)
+		}
+		got.Close()
+		if !linkExists("gt1") {
+			panic("closing the taken-over descriptor removed the tap still open elsewhere")
+		}
+		r, w, err := os.Pipe()
+		if err != nil {
+			panic(err)
+		}
+		defer w.Close()
+		pfd, _ := unix.FcntlInt(r.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		r.Close()
+		if _, err := FromFD(pfd); err == nil {
+			panic("FromFD accepted a pipe")
+		}
+		if _, err := unix.FcntlInt(uintptr(pfd), unix.F_GETFD, 0); !errors.Is(err, unix.EBADF) {
+			panic("FromFD did not close the refused descriptor")
+		}
+	})
+}
