@@ -72,3 +72,16 @@ type Transport interface {
 	// driver resets it.
 	NeedsReset(reason error)
 }
+
+// InterruptFDs is implemented by transports that can give a queue's
+// used-buffer interrupt as an eventfd (a KVM irqfd whose route follows the
+// guest's MSI-X table), so that a device served by another process (a
+// vhost-user backend) interrupts the guest without passing through this
+// one.
+type InterruptFDs interface {
+	// InterruptFD returns the eventfd that raises queue q's interrupt,
+	// valid until the device is reset; ok is false when the queue's
+	// interrupts must go through Notify (INTx, no vector, a masked
+	// vector, no irqfd).
+	InterruptFD(q int) (fd int, ok bool)
+}

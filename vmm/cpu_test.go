@@ -277,6 +277,47 @@ func TestMSIXSink(t *testing.T) {
 	}
 }
 
+// TestMSIXSinkVectorFD: a vector handed out for direct writes (a
+// vhost-user backend's call fd) gets its route first, its irqfd is
+// deassigned while the guest masks the vector and assigned again, after
+// the new route, when it is unmasked.
+func TestMSIXSinkVectorFD(t *testing.T) {
+	vm := &fakeIRQVM{}
+	s, err := newMSIXSink(vm, newRouter(vm, kvm.PCIRQRouting()), 2, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	fd, ok := s.VectorFD(1, 0xfee01000, 0x41)
+	if !ok || fd != s.vectors[1].fd.FD() {
+		t.Fatalf("VectorFD = %d, %v", fd, ok)
+	}
+	last := vm.tables[len(vm.tables)-1]
+	if e := last[len(last)-1]; e.GSI != firstMSIGSI+1 || e.MSI.Data != 0x41 {
+		t.Fatalf("route not installed before the fd was handed out: %v", e)
+	}
+	s.Route(1, 0xfee01000, 0x41, true)
+	if _, ok := vm.irqfds[fd]; ok {
+		t.Fatal("masked direct vector still has its irqfd")
+	}
+	s.Route(0, 0xfee00000, 0x40, true) // not direct: its irqfd stays
+	if _, ok := vm.irqfds[s.vectors[0].fd.FD()]; !ok {
+		t.Fatal("a masked vector that was not handed out lost its irqfd")
+	}
+	n := len(vm.tables)
+	s.Route(1, 0xfee02000, 0x42, false)
+	if gsi, ok := vm.irqfds[fd]; !ok || gsi != firstMSIGSI+1 {
+		t.Fatal("unmasked direct vector has no irqfd")
+	}
+	last = vm.tables[len(vm.tables)-1]
+	if len(vm.tables) != n+1 || last[len(last)-1].MSI.Data != 0x42 {
+		t.Fatal("the new message was not routed at unmask")
+	}
+	if _, ok := s.VectorFD(5, 0, 0); ok {
+		t.Fatal("VectorFD beyond the table")
+	}
+}
+
 func TestMSIXSinkWithoutIRQFD(t *testing.T) {
 	vm := &fakeIRQVM{failFD: true}
 	s, err := newMSIXSink(vm, newRouter(vm, kvm.PCIRQRouting()), 1, slog.New(slog.DiscardHandler))
@@ -287,6 +328,9 @@ func TestMSIXSinkWithoutIRQFD(t *testing.T) {
 	s.Deliver(0, 0xfee00000, 0x30)
 	if len(vm.signals) != 1 || vm.signals[0].Data != 0x30 {
 		t.Fatalf("fallback KVM_SIGNAL_MSI not used: %v", vm.signals)
+	}
+	if _, ok := s.VectorFD(0, 0xfee00000, 0x30); ok {
+		t.Fatal("a vector without irqfd handed out for direct writes")
 	}
 }
 

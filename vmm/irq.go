@@ -89,6 +89,9 @@ type msixSink struct {
 	r   *router
 	log *slog.Logger
 
+	// mu guards vectors' state: Deliver and Route run under the MSI-X
+	// table's lock, VectorFD under none.
+	mu      sync.Mutex
 	vectors []msiVector // fixed length after newMSIXSink
 }
 
@@ -98,6 +101,10 @@ type msiVector struct {
 	msg    kvm.MSI
 	routed bool // msg is installed for gsi
 	irqfd  bool // fd is registered with KVM
+	// direct: fd was handed to another process (VectorFD), which writes
+	// it without asking; parked: its irqfd is deassigned while the guest
+	// masks the vector.
+	direct, parked bool
 }
 
 func newMSIXSink(vm irqVM, r *router, n int, log *slog.Logger) (*msixSink, error) {
@@ -132,6 +139,8 @@ func (s *msixSink) Deliver(vector int, addr uint64, data uint32) {
 	if vector < 0 || vector >= len(s.vectors) {
 		return
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	v := &s.vectors[vector]
 	msg := kvm.MSI{Address: addr, Data: data}
 	if v.irqfd && (!v.routed || v.msg != msg) {
@@ -155,24 +164,84 @@ func (s *msixSink) Deliver(vector int, addr uint64, data uint32) {
 // Route implements pcitransport.MSIXSink: an unmasked vector gets its
 // route installed ahead of the first delivery.
 func (s *msixSink) Route(vector int, addr uint64, data uint32, masked bool) {
-	if masked || vector < 0 || vector >= len(s.vectors) {
+	if vector < 0 || vector >= len(s.vectors) {
 		return
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	v := &s.vectors[vector]
+	if masked {
+		if v.direct {
+			s.park(v, true)
+		}
+		return
+	}
+	// The route first: unparking may deliver at once.
 	msg := kvm.MSI{Address: addr, Data: data}
-	if !v.irqfd || v.routed && v.msg == msg {
-		return
+	if (v.irqfd || v.parked) && !(v.routed && v.msg == msg) {
+		if err := s.r.setMSI(v.gsi, msg); err != nil {
+			s.log.Warn("MSI route update failed", "gsi", v.gsi, "err", err)
+			v.routed = false
+		} else {
+			v.msg, v.routed = msg, true
+		}
 	}
-	if err := s.r.setMSI(v.gsi, msg); err != nil {
-		s.log.Warn("MSI route update failed", "gsi", v.gsi, "err", err)
-		v.routed = false
-		return
+	if v.direct {
+		s.park(v, false)
 	}
-	v.msg, v.routed = msg, true
+}
+
+// VectorFD implements pcitransport.VectorFDs: the vector's irqfd, with its
+// route installed, for a process that writes it directly. From then on
+// the vector's irqfd is deassigned while the guest masks it (the eventfd
+// counts what arrives meanwhile) and assigned again at unmask, when KVM
+// delivers what is pending.
+func (s *msixSink) VectorFD(vector int, addr uint64, data uint32) (int, bool) {
+	if vector < 0 || vector >= len(s.vectors) {
+		return -1, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := &s.vectors[vector]
+	if !v.irqfd {
+		return -1, false
+	}
+	msg := kvm.MSI{Address: addr, Data: data}
+	if !v.routed || v.msg != msg {
+		if err := s.r.setMSI(v.gsi, msg); err != nil {
+			s.log.Warn("MSI route update failed", "gsi", v.gsi, "err", err)
+			v.routed = false
+			return -1, false
+		}
+		v.msg, v.routed = msg, true
+	}
+	v.direct = true
+	return v.fd.FD(), true
+}
+
+// park deassigns a direct vector's irqfd while it is masked and assigns
+// it again when it is not.
+func (s *msixSink) park(v *msiVector, masked bool) {
+	switch {
+	case masked && v.irqfd:
+		if err := s.vm.RemoveIRQFD(v.fd.FD(), v.gsi); err != nil {
+			s.log.Warn("parking a masked vector's irqfd failed", "gsi", v.gsi, "err", err)
+			return
+		}
+		v.irqfd, v.parked = false, true
+	case !masked && v.parked:
+		if err := s.vm.AddIRQFD(v.fd.FD(), v.gsi, -1); err != nil {
+			s.log.Warn("unparking a vector's irqfd failed", "gsi", v.gsi, "err", err)
+			return
+		}
+		v.irqfd, v.parked = true, false
+	}
 }
 
 // Close unregisters the irqfds and closes the eventfds.
 func (s *msixSink) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	var errs []error
 	for _, v := range s.vectors {
 		if v.irqfd {

@@ -147,6 +147,16 @@ type MSIXSink interface {
 	Route(vector int, addr uint64, data uint32, masked bool)
 }
 
+// VectorFDs is implemented by MSIX sinks whose vectors are eventfds (KVM
+// irqfds): VectorFD installs vector's current message (addr, data) as its
+// route and returns its eventfd, for Transport.InterruptFD. While the
+// guest masks the vector, the sink must keep writes to that eventfd from
+// interrupting (a KVM irqfd deassigned, then assigned again at unmask,
+// which delivers what arrived meanwhile).
+type VectorFDs interface {
+	VectorFD(vector int, addr uint64, data uint32) (fd int, ok bool)
+}
+
 // INTxLine is the function's level-triggered INTx pin. Raise asserts it
 // until the guest acknowledges the interrupt (for KVM: an irqfd with a
 // resample eventfd); the VMM then calls Transport.Resample, which raises it
@@ -187,6 +197,7 @@ type Transport struct {
 	cs     *pci.ConfigSpace
 	msix   *pci.MSIX
 	intx   INTxLine
+	vecFDs VectorFDs // the MSIX sink, if it has eventfds
 	bells  Doorbells
 	glog   *ratelimit.Logger // driver mistakes and what a driver can repeat at will
 	log    *slog.Logger
@@ -266,6 +277,7 @@ func New(cfg Config) (*Transport, error) {
 		return nil, err
 	}
 	t.common = common
+	t.vecFDs, _ = cfg.MSIX.(VectorFDs)
 	if err := t.buildConfig(cfg.MSIX); err != nil {
 		common.Close()
 		return nil, err
@@ -439,6 +451,26 @@ func (t *Transport) Notify(q int) {
 		return
 	}
 	t.raiseINTx(isrQueue)
+}
+
+// InterruptFD implements virtio.InterruptFDs: with MSI-X enabled and
+// queue q's vector set and unmasked, the vector's eventfd (if the sink has
+// them). Interrupts sent through it are not counted in Notifications.
+func (t *Transport) InterruptFD(q int) (int, bool) {
+	if t.vecFDs == nil || q < 0 || q >= t.nq || !t.msix.Enabled() {
+		return -1, false
+	}
+	t.regs.mu.Lock()
+	v := t.regs.queueVectors[q]
+	t.regs.mu.Unlock()
+	if v == NoVector || t.msix.Masked(int(v)) {
+		return -1, false
+	}
+	addr, data, ok := t.msix.Message(int(v))
+	if !ok {
+		return -1, false
+	}
+	return t.vecFDs.VectorFD(int(v), addr, data)
 }
 
 // ConfigChanged implements virtio.Transport: the device configuration

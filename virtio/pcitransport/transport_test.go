@@ -725,3 +725,57 @@ func TestLegacyRings(t *testing.T) {
 		}
 	}
 }
+
+// fdSink is a fakeSink whose vectors have eventfds (pcitransport.VectorFDs).
+type fdSink struct {
+	fakeSink
+	asked []delivery
+}
+
+func (s *fdSink) VectorFD(v int, addr uint64, data uint32) (int, bool) {
+	s.asked = append(s.asked, delivery{v, addr, data})
+	return 100 + v, true
+}
+
+// TestInterruptFD: a queue's interrupt is handed out as its vector's
+// eventfd (with the vector's current message) only with MSI-X enabled, a
+// vector set and unmasked, and a sink that has eventfds.
+func TestInterruptFD(t *testing.T) {
+	if _, ok := newRig(t, Modern).tr.InterruptFD(0); ok {
+		t.Fatal("a sink without eventfds handed out an interrupt fd")
+	}
+	dev := &fakeDevice{}
+	sink := &fdSink{}
+	mem := memory.FromBytes(memory.Region{GPA: 0, Host: make([]byte, 1<<20)})
+	tr, err := New(Config{Mode: Modern, Device: dev, Mem: mem, MSIX: sink})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	r := &rig{t: t, tr: tr, dev: dev, mem: mem}
+	_, msix := r.caps()
+	r.modernInit(virtio.FVersion1)
+	r.write(BARModern, ccQueueSelect, 2, 1)
+	r.write(BARModern, ccQueueMSIXVector, 2, 2)
+	if _, ok := tr.InterruptFD(1); ok {
+		t.Fatal("interrupt fd with MSI-X disabled")
+	}
+	r.cfgWrite(msix+2, 2, 1<<15)
+	if _, ok := tr.InterruptFD(1); ok {
+		t.Fatal("interrupt fd for a masked vector")
+	}
+	r.write(BARMSIX, 2*16, 4, 0xfee00000)
+	r.write(BARMSIX, 2*16+8, 4, 0x4041)
+	r.write(BARMSIX, 2*16+12, 4, 0)
+	if fd, ok := tr.InterruptFD(1); !ok || fd != 102 {
+		t.Fatalf("InterruptFD(1) = %d, %v", fd, ok)
+	}
+	if len(sink.asked) != 1 || sink.asked[0] != (delivery{2, 0xfee00000, 0x4041}) {
+		t.Fatalf("sink asked %+v", sink.asked)
+	}
+	for _, q := range []int{0, 2, -1} { // no vector; no such queue
+		if _, ok := tr.InterruptFD(q); ok {
+			t.Errorf("InterruptFD(%d) handed out", q)
+		}
+	}
+}

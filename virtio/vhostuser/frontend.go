@@ -41,12 +41,13 @@ type FrontendConfig struct {
 	// GET_QUEUE_NUM, must cover them).
 	QueueSizes []uint16
 	ConfigSize int
-	// Config, if not nil, is the device configuration the guest reads,
-	// built by the frontend. Nil reads it from the backend once, at
-	// connection (GET_CONFIG), which then needs PROTOCOL_F_CONFIG.
-	Config []byte
-	// Features are bits the frontend provides itself and adds to the
-	// backend's offer (virtio-net's MAC and STATUS, with Config).
+	// The device configuration is read from the backend once, at
+	// connection (GET_CONFIG), if it offers PROTOCOL_F_CONFIG. A backend
+	// that does not (QEMU's vhost-user net backends) gets Config as the
+	// configuration the guest reads, and Features, bits the frontend then
+	// provides itself (virtio-net's MAC and STATUS), added to its offer;
+	// with Config nil such a backend is refused.
+	Config   []byte
 	Features uint64
 	// Validate, if not nil, checks a feature set the driver acks (the
 	// device model's dependencies, e.g. devices/net.ValidateFeatures).
@@ -73,12 +74,13 @@ type Frontend struct {
 	glog    *ratelimit.Logger
 	timeout time.Duration
 
-	offered  uint64 // the backend's features, without vhost-user's own
-	hasProto bool   // the backend offered FProtocolFeatures
-	protocol uint64 // negotiated protocol features
-	config   []byte
-	calls    []*eventfd.EventFD // the backend's interrupts, per queue
-	errs     []*eventfd.EventFD // the backend's queue errors, per queue
+	ownConfig bool   // config is FrontendConfig.Config
+	offered   uint64 // the backend's features, without vhost-user's own
+	hasProto  bool   // the backend offered FProtocolFeatures
+	protocol  uint64 // negotiated protocol features
+	config    []byte
+	calls     []*eventfd.EventFD // the backend's interrupts, per queue
+	errs      []*eventfd.EventFD // the backend's queue errors, per queue
 
 	// mu serializes exchanges with the backend and guards the state
 	// below.
@@ -115,7 +117,7 @@ func newFrontend(cfg FrontendConfig) (*Frontend, error) {
 	if cfg.Mem == nil || cfg.Mem.File() == nil {
 		return nil, errors.New("vhost-user: guest memory is not shared (memory.NewShared)")
 	}
-	if cfg.Config == nil && cfg.ConfigSize > MaxConfig {
+	if cfg.ConfigSize > MaxConfig || cfg.Config != nil && len(cfg.Config) != cfg.ConfigSize {
 		return nil, fmt.Errorf("vhost-user: configuration of %d bytes", cfg.ConfigSize)
 	}
 	f := &Frontend{cfg: cfg, conn: cfg.Conn, log: cfg.Log, timeout: cfg.Timeout}
@@ -243,11 +245,14 @@ func (f *Frontend) handshake() error {
 			return fmt.Errorf("%w: it serves %d queues, the device has %d", ErrBackend, n, need)
 		}
 	}
-	f.config = append([]byte(nil), f.cfg.Config...)
-	if f.cfg.Config == nil && f.cfg.ConfigSize > 0 {
-		if f.protocol&ProtocolConfig == 0 {
-			return fmt.Errorf("%w: it does not provide the device configuration (PROTOCOL_F_CONFIG)", ErrBackend)
-		}
+	switch {
+	case f.cfg.ConfigSize == 0:
+	case f.protocol&ProtocolConfig == 0 && f.cfg.Config == nil:
+		return fmt.Errorf("%w: it does not provide the device configuration (PROTOCOL_F_CONFIG)", ErrBackend)
+	case f.protocol&ProtocolConfig == 0:
+		f.config = append([]byte(nil), f.cfg.Config...)
+		f.ownConfig = true
+	default:
 		want := make([]byte, f.cfg.ConfigSize)
 		p, err := f.call(GetConfig, Config{Data: want}.Encode())
 		if err != nil {
@@ -261,6 +266,10 @@ func (f *Frontend) handshake() error {
 	}
 	return nil
 }
+
+// OwnConfig reports whether the configuration the guest reads is the
+// frontend's (FrontendConfig.Config) rather than the backend's.
+func (f *Frontend) OwnConfig() bool { return f.ownConfig }
 
 // watch starts the goroutine that notices the backend going away (the
 // socket hanging up) while nothing is being exchanged.
@@ -340,7 +349,12 @@ func (f *Frontend) Faults() uint64 { return f.faults.Load() }
 func (f *Frontend) Type() virtio.DeviceType { return f.cfg.Type }
 
 // Features implements virtio.Device.
-func (f *Frontend) Features() uint64 { return f.offered | f.cfg.Features }
+func (f *Frontend) Features() uint64 {
+	if f.ownConfig {
+		return f.offered | f.cfg.Features
+	}
+	return f.offered
+}
 
 // QueueSizes implements virtio.Device.
 func (f *Frontend) QueueSizes() []uint16 { return f.cfg.QueueSizes }
@@ -392,23 +406,33 @@ func (f *Frontend) Activate(a virtio.Activation) error {
 		}
 	}
 	ctx := f.workers.Start(waits...)
-	f.workers.Go(ctx, func(ctx context.Context) {
-		if err := f.start(ctx, a); err != nil && ctx.Err() == nil {
-			f.fail(err)
-		}
-	})
+	// Each queue's interrupts go straight to KVM when the transport has
+	// an irqfd for them, else through a relay here.
+	direct := make([]int, len(a.Queues))
+	ifds, _ := a.Transport.(virtio.InterruptFDs)
 	for i, q := range a.Queues {
+		direct[i] = -1
 		if q == nil {
 			continue
 		}
-		f.workers.Go(ctx, func(ctx context.Context) { f.relay(ctx, i, a.Transport) })
+		if ifds != nil {
+			if fd, ok := ifds.InterruptFD(i); ok {
+				direct[i] = fd
+			}
+		}
+		f.workers.Go(ctx, func(ctx context.Context) { f.relay(ctx, i, a.Transport, direct[i] < 0) })
 	}
+	f.workers.Go(ctx, func(ctx context.Context) {
+		if err := f.start(ctx, a, direct); err != nil && ctx.Err() == nil {
+			f.fail(err)
+		}
+	})
 	return nil
 }
 
-// relay forwards queue i's interrupts and errors from the backend to the
-// transport until ctx is done.
-func (f *Frontend) relay(ctx context.Context, i int, tr virtio.Transport) {
+// relay forwards queue i's errors, and with calls its interrupts, from
+// the backend to the transport until ctx is done.
+func (f *Frontend) relay(ctx context.Context, i int, tr virtio.Transport, calls bool) {
 	errDone := make(chan struct{})
 	go func() {
 		defer close(errDone)
@@ -419,6 +443,10 @@ func (f *Frontend) relay(ctx context.Context, i int, tr virtio.Transport) {
 		}
 	}()
 	defer func() { <-errDone }()
+	if !calls {
+		<-ctx.Done()
+		return
+	}
 	for {
 		if _, err := f.calls[i].Wait(); err != nil || ctx.Err() != nil {
 			return
@@ -428,7 +456,7 @@ func (f *Frontend) relay(ctx context.Context, i int, tr virtio.Transport) {
 }
 
 // start hands the activated queues to the backend.
-func (f *Frontend) start(ctx context.Context, a virtio.Activation) error {
+func (f *Frontend) start(ctx context.Context, a virtio.Activation, callFDs []int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	// Bits the backend did not offer are the frontend's own.
@@ -452,7 +480,11 @@ func (f *Frontend) start(ctx context.Context, a virtio.Activation) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := f.startRing(i, q, a.Kicks[i]); err != nil {
+		call := callFDs[i]
+		if call < 0 {
+			call = f.calls[i].FD()
+		}
+		if err := f.startRing(i, q, a.Kicks[i], call); err != nil {
 			return err
 		}
 	}
@@ -492,7 +524,7 @@ func (f *Frontend) hostAddr(gpa uint64) (uint64, error) {
 }
 
 // startRing hands queue i to the backend.
-func (f *Frontend) startRing(i int, q *virtio.Queue, kick *eventfd.EventFD) error {
+func (f *Frontend) startRing(i int, q *virtio.Queue, kick *eventfd.EventFD, call int) error {
 	cfg := q.Config()
 	idx := uint32(i)
 	if err := f.set(SetVringNum, VringState{Index: idx, Num: uint32(cfg.Size)}.Encode()); err != nil {
@@ -516,7 +548,7 @@ func (f *Frontend) startRing(i int, q *virtio.Queue, kick *eventfd.EventFD) erro
 	if err := f.set(SetVringAddr, addr.Encode()); err != nil {
 		return err
 	}
-	if err := f.set(SetVringCall, U64(uint64(idx)), f.calls[i].FD()); err != nil {
+	if err := f.set(SetVringCall, U64(uint64(idx)), call); err != nil {
 		return err
 	}
 	if err := f.set(SetVringErr, U64(uint64(idx)), f.errs[i].FD()); err != nil {
