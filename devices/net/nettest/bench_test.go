@@ -262,25 +262,59 @@ func cpuTime() time.Duration {
 func BenchmarkLoop(b *testing.B) {
 	for _, c := range loopCases {
 		b.Run(c.name, func(b *testing.B) {
-			b.Run("device", func(b *testing.B) { loopDevice(b, c) })
+			b.Run("device", func(b *testing.B) { loopDevice(b, c, false) })
+			b.Run("vhost-user-process", func(b *testing.B) { loopDevice(b, c, true) })
 			b.Run("raw", func(b *testing.B) { loopRaw(b, c) })
 		})
 	}
 }
 
-func loopDevice(b *testing.B, c loopCase) {
+// loopDevice runs the loop through the device in this process, or with
+// process in a sandboxed net-device process behind vhost-user (as govmd
+// run hosts a NIC by default).
+func loopDevice(b *testing.B, c loopCase, process bool) {
 	env := loopEnv(b)
 	dev, err := vnet.New(env.TapA, vnet.Config{MAC: testMAC, QueueSize: loopQueueSize})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer dev.Close()
-	n, err := nettest.NewNIC(dev, nettest.NICConfig{Features: c.features, RxBufSize: c.rxBufSize(),
-		QueueSize: loopQueueSize, TxSlots: loopTxSlots, MemSize: loopMemSize})
+	cfg := nettest.NICConfig{Features: c.features, RxBufSize: c.rxBufSize(),
+		QueueSize: loopQueueSize, TxSlots: loopTxSlots, MemSize: loopMemSize}
+	if os.Getenv("GOVMD_BENCH_MEMFD") == "1" && !process {
+		// Guest memory in a memfd (as with a sandboxed NIC) instead of
+		// private anonymous memory: what sharing it costs.
+		m, err := memory.NewShared([]memory.Range{{GPA: 0, Size: loopMemSize}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		cfg.Mem = m
+	}
+	var driven virtio.Device = dev
+	var rem *nettest.Remote
+	if process {
+		if rem, err = nettest.NewRemoteProcess(env.TapA, vnet.Config{MAC: testMAC}, loopMemSize, nil, nil); err != nil {
+			b.Fatal(err)
+		}
+		defer func() {
+			if err := rem.Close(); err != nil {
+				b.Errorf("net-device: %v", err)
+			}
+		}()
+		cfg.Mem, driven = rem.Mem, rem.Frontend
+	}
+	n, err := nettest.NewNIC(driven, cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer n.Close()
+	if rem != nil {
+		for deadline := time.Now().Add(5 * time.Second); !rem.Frontend.Running(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				b.Fatalf("backend not serving the queues: %v", rem.Frontend.Err())
+			}
+		}
+	}
 	macA, _ := env.NA.NL.LinkByName("govmdA")
 	frame := ipv4Frame(macA.Attrs().HardwareAddr, testMAC, c.tcp, c.size)
 	if err := n.FillTx(c.hdr, frame); err != nil {
@@ -324,8 +358,10 @@ func loopDevice(b *testing.B, c loopCase) {
 		b.Fatal(err)
 	}
 	cnt.report(b, segs)
-	s := dev.Stats()
-	b.ReportMetric(float64(s.RxNoBuffer)/float64(max(s.RxPackets, 1)), "rxwait/frame")
+	if !process {
+		s := dev.Stats()
+		b.ReportMetric(float64(s.RxNoBuffer)/float64(max(s.RxPackets, 1)), "rxwait/frame")
+	}
 	if v, k := n.Violations(); k != 0 {
 		b.Fatalf("header violations: %v", v)
 	}

@@ -62,6 +62,9 @@ func featuresFor(tr transport, modern, legacy uint64) uint64 {
 // rig is a NIC on tap A bridged to tap B.
 type rig struct {
 	env    *nettest.NetEnv
+	remote *nettest.Remote // with rigConfig.remote or process
+	// dev is the device model; with rigConfig.process it runs in another
+	// process, and this one is idle (its tap is env.TapA all the same).
 	dev    *vnet.Device
 	nic    *nettest.NIC
 	bridge *nettest.Bridge
@@ -73,8 +76,13 @@ type rigConfig struct {
 	// noBridge leaves tap B unconnected.
 	noBridge bool
 	// remote hosts the device behind a vhost-user backend (nettest.Remote),
-	// as govmd net-device does, and the NIC drives its frontend.
-	remote bool
+	// as govmd net-device does, and the NIC drives its frontend; process
+	// puts that backend in a sandboxed process of its own, as govmd run
+	// does, with processEnv added to its environment.
+	remote, process bool
+	processEnv      []string
+	// backendMayDie: the test kills the backend (no error at cleanup).
+	backendMayDie bool
 }
 
 func newRig(t testing.TB, cfg rigConfig) *rig {
@@ -89,25 +97,34 @@ func newRig(t testing.TB, cfg rigConfig) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dev.Close() })
+	var r0 *nettest.Remote
 	var driven virtio.Device = dev
-	if cfg.remote {
+	if cfg.remote || cfg.process {
 		if cfg.nic.MemSize == 0 {
 			cfg.nic.MemSize = 64 << 20
 		}
-		rem, err := nettest.NewRemote(dev, cfg.nic.MemSize, cfg.dev.Log)
+		var rem *nettest.Remote
+		if cfg.process {
+			dc := cfg.dev
+			dc.Log = nil
+			rem, err = nettest.NewRemoteProcess(env.TapA, dc, cfg.nic.MemSize, cfg.processEnv, cfg.dev.Log)
+		} else {
+			rem, err = nettest.NewRemote(dev, cfg.nic.MemSize, cfg.dev.Log)
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() {
-			if err := rem.Close(); err != nil {
+			if err := rem.Close(); err != nil && !cfg.backendMayDie {
 				t.Errorf("remote: %v", err)
 			}
-			if n := rem.Backend.Faults() + rem.Frontend.Faults(); n != 0 {
-				t.Errorf("vhost-user faults: backend %d, frontend %d", rem.Backend.Faults(), rem.Frontend.Faults())
+			if rem.Backend != nil && rem.Backend.Faults() != 0 || rem.Frontend.Faults() != 0 && !cfg.backendMayDie {
+				t.Errorf("vhost-user faults: frontend %d", rem.Frontend.Faults())
 			}
 		})
 		cfg.nic.Mem = rem.Mem
 		driven = rem.Frontend
+		r0 = rem
 	}
 	nic, err := nettest.NewNIC(driven, cfg.nic)
 	if err != nil {
@@ -122,7 +139,7 @@ func newRig(t testing.TB, cfg rigConfig) *rig {
 		}
 	}
 	t.Cleanup(nic.Close)
-	r := &rig{env: env, dev: dev, nic: nic}
+	r := &rig{env: env, dev: dev, nic: nic, remote: r0}
 	if !cfg.noBridge {
 		r.bridge, err = nic.StartBridge(env.TapB)
 		if err != nil {
