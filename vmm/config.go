@@ -43,6 +43,20 @@ type Config struct {
 	// KVM nested on QEMU TCG).
 	CPUProfile CPUProfile
 
+	// NetDevice is the command that runs govmd net-device (govmd run
+	// sets it to its own executable and "net-device"): each NIC with
+	// Sandbox runs its device in such a process.
+	NetDevice []string
+	// Confine, if not nil, is called once the VM is set up (devices
+	// open, vCPUs created), before the guest runs: it confines the
+	// process (govmd run: internal/sandbox). An error stops the VM.
+	Confine func() error
+
+	// SharedMemory puts guest RAM in a memfd that device processes can
+	// map (memory.NewShared). It is implied by any NIC served over
+	// vhost-user (sandboxed or VhostUser).
+	SharedMemory bool
+
 	// GuestProfile, if set, is a file to which Run writes where the
 	// vCPUs spent their time: each vCPU's RIP is sampled every 10 ms
 	// (one extra exit each), counted per kernel function when the kernel
@@ -52,14 +66,35 @@ type Config struct {
 	Log *slog.Logger
 }
 
-// NetConfig is one virtio-net NIC backed by a tap.
+// NetConfig is one virtio-net NIC: govmd's device on a tap (in a
+// sandboxed process of its own, or in the VMM's), or a vhost-user
+// backend's.
 type NetConfig struct {
-	Tap       string
-	MAC       net.HardwareAddr  // default: 52:54:00:12:34:56 + the NIC's index
+	Tap string
+	// VhostUser is the socket of a vhost-user backend that serves the
+	// NIC instead (Tap, Offload, Locked and Sandbox are then the
+	// backend's business).
+	VhostUser string
+	MAC       net.HardwareAddr  // default: 52:54:00:12:34:56 + the NIC's index (the backend's own with VhostUser)
 	Transport pcitransport.Mode // default: transitional
 	Offload   vnet.OffloadMode  // default: on
 	Locked    bool              // drop spoofed source MACs, filter received frames
+	// Sandbox runs the device in a confined net-device process
+	// (Config.NetDevice) served over vhost-user; otherwise it runs in the
+	// VMM process. ParseNet turns it on unless sandbox=off.
+	Sandbox bool
 }
+
+// name names the NIC in errors and logs: its tap or socket.
+func (n *NetConfig) name() string {
+	if n.VhostUser != "" {
+		return n.VhostUser
+	}
+	return n.Tap
+}
+
+// remote reports whether the NIC's device is served over vhost-user.
+func (n *NetConfig) remote() bool { return n.VhostUser != "" || n.Sandbox }
 
 // DiskConfig is one virtio-blk disk backed by a raw image.
 type DiskConfig struct {
@@ -135,17 +170,28 @@ func (c *Config) Validate() error {
 	taps := map[string]bool{}
 	for i := range c.Nets {
 		n := &c.Nets[i]
-		if taps[n.Tap] {
-			return configErr("tap %q used by two NICs", n.Tap)
+		if (n.Tap == "") == (n.VhostUser == "") {
+			return configErr("--net: give either tap=NAME or vhost-user=SOCKET")
+		}
+		if taps[n.name()] {
+			return configErr("%s %q used by two NICs", map[bool]string{true: "vhost-user socket", false: "tap"}[n.VhostUser != ""], n.name())
 		}
 		if err := validMode(n.Transport); err != nil {
-			return configWrap(err, "--net %s", n.Tap)
+			return configWrap(err, "--net %s", n.name())
 		}
 		if _, err := vnet.ParseOffloadMode(n.Offload.String()); err != nil {
-			return configWrap(err, "--net %s", n.Tap)
+			return configWrap(err, "--net %s", n.name())
 		}
-		taps[n.Tap] = true
-		if n.MAC == nil {
+		if n.Tap != "" && n.Sandbox && len(c.NetDevice) == 0 {
+			return configErr("--net %s: a sandboxed NIC needs the net-device command (Config.NetDevice)", n.name())
+		}
+		if n.VhostUser != "" {
+			if err := vhostUserSocket(n.VhostUser); err != nil {
+				return err
+			}
+		}
+		taps[n.name()] = true
+		if n.MAC == nil && n.VhostUser == "" {
 			n.MAC = defaultMAC(i)
 		}
 	}
@@ -238,6 +284,17 @@ func fileKind(m os.FileMode) string {
 	return m.Type().String()
 }
 
+// sharedMemory reports whether guest RAM must be shareable with device
+// processes.
+func (c *Config) sharedMemory() bool {
+	for i := range c.Nets {
+		if c.Nets[i].remote() {
+			return true
+		}
+	}
+	return c.SharedMemory
+}
+
 // pciDevices is the number of PCI functions the VM gets: slots 1 to that
 // number hold them.
 func (c *Config) pciDevices() int {
@@ -326,10 +383,25 @@ func FormatSize(n uint64) string {
 	return fmt.Sprintf("%d", n)
 }
 
+// vhostUserSocket checks that path is a socket (a missing or wrong path
+// is the user's mistake, found before anything is created).
+func vhostUserSocket(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return configWrap(unwrapPathErr(err), "--net vhost-user=%s", path)
+	}
+	if st.Mode()&os.ModeSocket == 0 {
+		return configErr("--net vhost-user=%s: is a %s, not a socket", path, fileKind(st.Mode()))
+	}
+	return nil
+}
+
 // ParseNet parses a --net value:
-// tap=NAME[,mac=XX:..][,transport=transitional|modern|legacy][,offload=on|off|csum][,locked]
+// tap=NAME[,mac=XX:..][,transport=transitional|modern|legacy][,offload=on|off|csum][,locked][,sandbox=on|off]
+// or vhost-user=SOCKET[,mac=XX:..][,transport=...].
 func ParseNet(s string) (NetConfig, error) {
-	n := NetConfig{Transport: pcitransport.Transitional, Offload: vnet.OffloadOn}
+	n := NetConfig{Transport: pcitransport.Transitional, Offload: vnet.OffloadOn, Sandbox: true}
+	var tapOnly []string // options that only a tap NIC takes
 	for _, kv := range splitOpts(s) {
 		k, v, hasV := strings.Cut(kv, "=")
 		switch k {
@@ -338,6 +410,21 @@ func ParseNet(s string) (NetConfig, error) {
 				return n, configErr("--net: tap name %q is not a valid interface name (1-15 characters)", v)
 			}
 			n.Tap = v
+		case "vhost-user":
+			if v == "" {
+				return n, configErr("--net: vhost-user=SOCKET needs a path")
+			}
+			n.VhostUser = v
+		case "sandbox":
+			switch v {
+			case "on":
+				n.Sandbox = true
+			case "off":
+				n.Sandbox = false
+			default:
+				return n, configErr("--net: sandbox %q is not on or off", v)
+			}
+			tapOnly = append(tapOnly, k)
 		case "mac":
 			mac, err := net.ParseMAC(v)
 			if err != nil || len(mac) != 6 {
@@ -355,17 +442,27 @@ func ParseNet(s string) (NetConfig, error) {
 			if err := n.Offload.UnmarshalText([]byte(v)); err != nil {
 				return n, configErr("--net: offload %q is not one of on, off, csum", v)
 			}
+			tapOnly = append(tapOnly, k)
 		case "locked":
 			if hasV && v != "on" && v != "true" {
 				return n, configErr("--net: locked takes no value")
 			}
 			n.Locked = true
+			tapOnly = append(tapOnly, k)
 		default:
-			return n, configErr("--net: unknown option %q (want tap=, mac=, transport=, offload=, locked)", k)
+			return n, configErr("--net: unknown option %q (want tap= or vhost-user=, mac=, transport=, offload=, locked, sandbox=)", k)
 		}
 	}
-	if n.Tap == "" {
-		return n, configErr("--net %q: tap=NAME is required", s)
+	switch {
+	case n.Tap == "" && n.VhostUser == "":
+		return n, configErr("--net %q: tap=NAME or vhost-user=SOCKET is required", s)
+	case n.Tap != "" && n.VhostUser != "":
+		return n, configErr("--net %q: tap= and vhost-user= exclude each other", s)
+	case n.VhostUser != "" && len(tapOnly) > 0:
+		return n, configErr("--net %q: %s is set by the vhost-user backend, not here", s, tapOnly[0])
+	}
+	if n.VhostUser != "" {
+		n.Sandbox = false
 	}
 	return n, nil
 }

@@ -145,3 +145,21 @@ func TestValidate(t *testing.T) {
 		})
 	}
 }
+
+func TestShmemTHP(t *testing.T) {
+	for _, tc := range []struct {
+		setting string
+		want    bool
+	}{
+		{"always within_size advise [never] deny force\n", false},
+		{"always within_size [advise] never deny force\n", true},
+		{"[always] within_size advise never deny force", true},
+		{"always within_size advise never [deny] force", false},
+		{"always [within_size] advise never", true},
+		{"", true},
+	} {
+		if got := shmemTHP(tc.setting); got != tc.want {
+			t.Errorf("shmemTHP(%q) = %v, want %v", tc.setting, got, tc.want)
+		}
+	}
+}

@@ -1,11 +1,16 @@
 package vmm
 
 import (
+	"bytes"
 	"fmt"
+	"net"
+	"os"
 	"strings"
+	"time"
 
 	"github.com/govmd/govmd/devices/blk"
 	vnet "github.com/govmd/govmd/devices/net"
+	"github.com/govmd/govmd/devices/net/netdevice"
 	"github.com/govmd/govmd/devices/net/tap"
 	"github.com/govmd/govmd/devices/rng"
 	"github.com/govmd/govmd/internal/eventfd"
@@ -13,6 +18,7 @@ import (
 	"github.com/govmd/govmd/pci"
 	"github.com/govmd/govmd/virtio"
 	"github.com/govmd/govmd/virtio/pcitransport"
+	"github.com/govmd/govmd/virtio/vhostuser"
 )
 
 // pciDevice is one virtio PCI function of the VM: the device model, its
@@ -102,29 +108,47 @@ func (v *VM) addVirtio(kind, name string, dev virtio.Device, stats func() any, m
 	return nil
 }
 
-// addPCIDevices opens the taps and adds the NICs, then the disks, in
-// slots 1, 2, ... in command-line order.
-func (v *VM) addPCIDevices(disks []openedDisk) error {
-	for i, nc := range v.cfg.Nets {
-		t, err := tap.Open(nc.Tap)
+// openedNIC is a NIC's device, ready before KVM is touched (its errors
+// are about the user's taps and sockets).
+type openedNIC struct {
+	cfg   *NetConfig
+	name  string // the tap or socket
+	dev   virtio.Device
+	stats func() any
+}
+
+// openNICs opens every NIC's device: its tap, its net-device process or
+// its vhost-user backend. The closers it adds release them.
+func (v *VM) openNICs() ([]openedNIC, error) {
+	var out []openedNIC
+	for i := range v.cfg.Nets {
+		nc := &v.cfg.Nets[i]
+		var o openedNIC
+		var err error
+		switch {
+		case nc.VhostUser != "":
+			o, err = v.openVhostUserNIC(i, nc)
+		case nc.Sandbox:
+			o, err = v.openSandboxedNIC(i, nc)
+		default:
+			o, err = v.openLocalNIC(i, nc)
+		}
 		if err != nil {
-			return fmt.Errorf("--net %s: %w", nc.Tap, err)
+			return nil, fmt.Errorf("--net %s: %w", nc.name(), err)
 		}
-		v.closers = append(v.closers, t.Close)
-		dev, err := vnet.New(t, vnet.Config{MAC: nc.MAC, Offload: nc.Offload, Locked: nc.Locked, Log: v.log.With("nic", i, "tap", t.Name())})
-		if err != nil {
-			return fmt.Errorf("--net %s: %w", nc.Tap, err)
+		o.cfg = nc
+		out = append(out, o)
+	}
+	return out, nil
+}
+
+// addPCIDevices adds the NICs, then the disks, then the RNG, in slots 1,
+// 2, ... in command-line order.
+func (v *VM) addPCIDevices(nics []openedNIC, disks []openedDisk) error {
+	for _, n := range nics {
+		if err := v.addVirtio("nic", n.name, n.dev, n.stats, n.cfg.Transport); err != nil {
+			return fmt.Errorf("--net %s: %w", n.name, err)
 		}
-		v.closers = append(v.closers, dev.Close)
-		stats := func() any { return dev.Stats() }
-		if err := v.addVirtio("nic", t.Name(), dev, stats, nc.Transport); err != nil {
-			return fmt.Errorf("--net %s: %w", nc.Tap, err)
-		}
-		created := "existing"
-		if !t.Existed() {
-			created = "created"
-		}
-		v.log.Debug("nic", "tap", t.Name(), "tap_state", created, "mac", dev.MAC())
 	}
 	for _, d := range disks {
 		stats := func() any { return d.dev.Stats() }
@@ -191,4 +215,135 @@ func (v *VM) logRings(d *pciDevice) {
 			v.log.Debug("virtio queue", d.kind, d.index, "queue", q, "rings", r.String(), "notifications", notices[q])
 		}
 	}
+}
+
+// openTap opens a NIC's tap; its errors are the user's (a missing
+// permission, a name in use) and wrap ErrConfig.
+func openTap(name string) (*tap.Tap, error) {
+	t, err := tap.Open(name)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	return t, nil
+}
+
+// openLocalNIC opens a NIC whose device runs in this process.
+func (v *VM) openLocalNIC(i int, nc *NetConfig) (openedNIC, error) {
+	t, err := openTap(nc.Tap)
+	if err != nil {
+		return openedNIC{}, err
+	}
+	v.closers = append(v.closers, t.Close)
+	dev, err := vnet.New(t, vnet.Config{MAC: nc.MAC, Offload: nc.Offload, Locked: nc.Locked, Log: v.log.With("nic", i, "tap", t.Name())})
+	if err != nil {
+		return openedNIC{}, err
+	}
+	v.closers = append(v.closers, dev.Close)
+	v.log.Debug("nic", "tap", t.Name(), "tap_created", !t.Existed(), "mac", dev.MAC(), "sandbox", false)
+	return openedNIC{name: t.Name(), dev: dev, stats: func() any { return dev.Stats() }}, nil
+}
+
+// netQueueSizes are the queues of govmd's net device (receive, transmit,
+// control) as a frontend presents them.
+var netQueueSizes = []uint16{vnet.DefaultQueueSize, vnet.DefaultQueueSize, vnet.CtrlQueueSize}
+
+// backendTimeout bounds each exchange with a vhost-user backend.
+const backendTimeout = 2 * time.Second
+
+// openSandboxedNIC opens a NIC whose device runs in a net-device process of
+// its own: the tap is opened here (so that its errors are reported like
+// any other), handed to the process with one end of a socketpair, and
+// closed here; the process confines itself and serves the device over
+// vhost-user. The process's end is reported (logged; the NIC needs a
+// reset, which the guest's driver sees as a failed device), and the VM
+// keeps running.
+func (v *VM) openSandboxedNIC(i int, nc *NetConfig) (openedNIC, error) {
+	t, err := openTap(nc.Tap)
+	if err != nil {
+		return openedNIC{}, err
+	}
+	name := t.Name()
+	f, err := t.Dup()
+	t.Close() // the process's descriptor keeps a tap created here alive
+	if err != nil {
+		return openedNIC{}, err
+	}
+	defer f.Close()
+	argv := append(append([]string(nil), v.cfg.NetDevice...),
+		netdevice.Args(netdevice.Config{MAC: nc.MAC, Offload: nc.Offload, Locked: nc.Locked})...)
+	p, err := netdevice.Start(argv, nil, f, os.Stderr)
+	if err != nil {
+		return openedNIC{}, err
+	}
+	log := v.log.With("nic", i, "tap", name)
+	v.closers = append(v.closers, func() error { p.Stop(2 * backendTimeout); return nil })
+	go func() {
+		<-p.Done()
+		if !v.stopping.Load() {
+			log.Error("net-device process ended; the NIC needs a reset", "pid", p.Pid(), "how", p.Describe())
+		}
+	}()
+	fe, err := vhostuser.NewFrontend(vhostuser.FrontendConfig{Conn: p.Conn, Mem: v.mem, Type: virtio.DeviceNet,
+		QueueSizes: netQueueSizes, ConfigSize: vnet.ConfigSize, Validate: vnet.ValidateFeatures,
+		Timeout: backendTimeout, Log: log})
+	if err != nil {
+		return openedNIC{}, fmt.Errorf("net-device process: %w", err)
+	}
+	v.closers = append(v.closers, fe.Close)
+	log.Debug("nic", "mac", nc.MAC, "sandbox", true, "pid", p.Pid())
+	return openedNIC{name: name, dev: fe, stats: func() any { return remoteStats{pid: p.Pid(), fe: fe} }}, nil
+}
+
+// openVhostUserNIC opens a NIC served by a vhost-user backend listening on
+// nc.VhostUser. A socket nobody answers on, or a backend that does not
+// speak vhost-user (or lacks VIRTIO_F_VERSION_1), is the user's mistake.
+func (v *VM) openVhostUserNIC(i int, nc *NetConfig) (openedNIC, error) {
+	c, err := net.DialTimeout("unix", nc.VhostUser, backendTimeout)
+	if err != nil {
+		return openedNIC{}, fmt.Errorf("%w: %w", ErrConfig, unwrapPathErr(err))
+	}
+	log := v.log.With("nic", i, "vhost_user", nc.VhostUser)
+	cfg := vhostuser.FrontendConfig{Conn: vhostuser.NewConn(c.(*net.UnixConn)), Mem: v.mem, Type: virtio.DeviceNet,
+		QueueSizes: netQueueSizes, ConfigSize: vnet.ConfigSize, Validate: vnet.ValidateFeatures,
+		Timeout: backendTimeout, Log: log}
+	// A backend that does not provide the configuration (QEMU's
+	// vhost-user net backends do not) gets this side's MAC and link
+	// status.
+	mac := nc.MAC
+	if mac == nil {
+		mac = defaultMAC(i)
+	}
+	cfg.Config, cfg.Features = vnet.ConfigBytes(mac), vnet.FMAC|vnet.FStatus
+	fe, err := vhostuser.NewFrontend(cfg)
+	if err != nil {
+		return openedNIC{}, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	v.closers = append(v.closers, fe.Close)
+	if nc.MAC != nil && !fe.OwnConfig() {
+		var got [6]byte
+		fe.ReadConfig(0, got[:])
+		if !bytes.Equal(got[:], nc.MAC) {
+			return openedNIC{}, fmt.Errorf("%w: the backend's MAC is %s, not %s (set it on the backend: govmd net-device --mac)", ErrConfig, net.HardwareAddr(got[:]), nc.MAC)
+		}
+	}
+	return openedNIC{name: nc.VhostUser, dev: fe, stats: func() any { return remoteStats{pid: -1, fe: fe} }}, nil
+}
+
+// remoteStats are the counters this process has of a NIC served by a
+// backend (the device's own are the backend's: a net-device process logs
+// them at exit).
+type remoteStats struct {
+	pid int
+	fe  *vhostuser.Frontend
+}
+
+func (r remoteStats) String() string {
+	s := fmt.Sprintf("backend_faults=%d running=%v", r.fe.Faults(), r.fe.Running())
+	if r.pid >= 0 {
+		s = fmt.Sprintf("net_device_pid=%d ", r.pid) + s
+	}
+	if err := r.fe.Err(); err != nil {
+		s += fmt.Sprintf(" backend_error=%q", err.Error())
+	}
+	return s
 }

@@ -121,6 +121,13 @@ func (v *VM) Run(ctx context.Context) (Result, error) {
 			setupErr = err
 		}
 	}
+	if setupErr == nil && v.cfg.Confine != nil {
+		if err := v.cfg.Confine(); err != nil {
+			setupErr = fmt.Errorf("vmm: confining the process: %w", err)
+		} else {
+			v.log.Debug("vmm process confined")
+		}
+	}
 	if setupErr != nil {
 		v.end(ExitFailed, setupErr)
 	}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -122,7 +124,14 @@ func New(cfg Config) (_ *VM, err error) {
 		}
 	}
 	ram := ramRanges(cfg.Memory)
-	if v.mem, err = memory.New(ram); err != nil {
+	newMem := memory.New
+	if cfg.sharedMemory() {
+		newMem = memory.NewShared
+		if !shmemHugePages() {
+			v.log.Info("guest RAM is shared with device processes and gets no transparent huge pages: /sys/kernel/mm/transparent_hugepage/shmem_enabled does not allow them (advise does; or sandbox=off)")
+		}
+	}
+	if v.mem, err = newMem(ram); err != nil {
 		return nil, fmt.Errorf("guest memory: %w", err)
 	}
 	v.closers = append(v.closers, v.mem.Close)
@@ -166,6 +175,10 @@ func New(cfg Config) (_ *VM, err error) {
 	for _, d := range disks {
 		v.closers = append(v.closers, d.dev.Close)
 	}
+	nics, err := v.openNICs()
+	if err != nil {
+		return nil, err
+	}
 
 	// 2. KVM.
 	if v.sys, err = kvm.Open(""); err != nil {
@@ -191,7 +204,7 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := v.addPlatform(); err != nil {
 		return nil, err
 	}
-	if err := v.addPCIDevices(disks); err != nil {
+	if err := v.addPCIDevices(nics, disks); err != nil {
 		return nil, err
 	}
 	return v, nil
@@ -351,6 +364,7 @@ func (v *VM) Close() error {
 		return nil
 	}
 	v.closed = true
+	v.stopping.Store(true) // device processes ending now are expected to
 	var errs []error
 	for _, d := range v.devices {
 		d.tr.RemoveDoorbells()
@@ -381,4 +395,23 @@ func (v *VM) consoleInput(ctx context.Context, r io.Reader) {
 			return
 		}
 	}
+}
+
+// shmemHugePages reports whether shmem (a memfd) that asks for
+// transparent huge pages gets them, from the host's shmem_enabled
+// setting. An unreadable setting counts as yes (nothing to say).
+func shmemHugePages() bool {
+	b, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+	return err != nil || shmemTHP(string(b))
+}
+
+// shmemTHP parses shmem_enabled ("always within_size advise [never] deny
+// force"): the selected word is advise, always, within_size or force.
+func shmemTHP(setting string) bool {
+	for _, w := range strings.Fields(setting) {
+		if strings.HasPrefix(w, "[") {
+			return w != "[never]" && w != "[deny]"
+		}
+	}
+	return true
 }

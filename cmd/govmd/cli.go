@@ -31,12 +31,14 @@ const (
 const usage = `usage:
   govmd run --kernel PATH [--initrd PATH] [--cmdline STR] [--memory 512M] [--cpus N]
             [--console stdio|PATH] [--net tap=NAME[,mac=MAC][,transport=transitional|modern|legacy]
-            [,offload=on|off|csum][,locked]]... [--disk PATH[,ro][,serial=ID][,transport=...][,queues=N]]...
+            [,offload=on|off|csum][,locked][,sandbox=on|off]]... [--net vhost-user=SOCKET[,mac=MAC][,transport=...]]...
+            [--disk PATH[,ro][,serial=ID][,transport=...][,queues=N]]... [--shared-memory]
             [--rng=on|off] [--cpu-profile auto|host|pvm|bare] [--log-level debug|info|warn|error]
             [--guest-profile FILE] [--api-socket PATH]
+  govmd net-device --tap NAME --socket PATH [--mac MAC] [--offload on|csum|off] [--locked] [--user USER]
   govmd version
 
-govmd run --help describes every flag.
+govmd run --help and govmd net-device --help describe every flag.
 `
 
 // version is set by the linker (-X main.version=...); otherwise the module
@@ -70,6 +72,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return exitOK
 	case "run":
 		return runVM(args[1:], stdin, stdout, stderr)
+	case "net-device":
+		return runNetDevice(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
@@ -117,6 +121,7 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		console  = fs.String("console", "stdio", "serial console: stdio or a file path")
 		logLevel = fs.String("log-level", "info", "debug, info, warn or error")
 		apiPath  = fs.String("api-socket", "", "serve the control API (HTTP/1.1, JSON) on this unix socket (mode 0600; a stale socket is replaced)")
+		confine  = true
 		nets     listFlag
 		disks    listFlag
 	)
@@ -126,8 +131,10 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.CPUs, "cpus", 1, "number of vCPUs")
 	fs.TextVar(&cfg.CPUProfile, "cpu-profile", vmm.ProfileAuto, "auto, host, pvm or bare")
 	fs.StringVar(&cfg.GuestProfile, "guest-profile", "", "write where the vCPUs spent their time (RIP sampled every 10 ms, per kernel function) to this file at exit")
-	fs.Var(&nets, "net", "virtio-net NIC (repeatable)")
+	fs.Var(&nets, "net", "virtio-net NIC (repeatable): tap=NAME runs govmd's device in a sandboxed process of its own (sandbox=off: in this process); vhost-user=SOCKET uses the backend listening there")
 	fs.Var(&disks, "disk", "virtio-blk disk (repeatable)")
+	fs.Var(onOff{&confine}, "confine", "once set up, confine govmd's own process: user nobody (when started as root, so no capabilities), no_new_privs, Landlock without file access, a seccomp allowlist (off keeps it as started; --guest-profile implies off)")
+	fs.Var(onOff{&cfg.SharedMemory}, "shared-memory", "guest RAM in a memfd that device processes map (always so with sandboxed or vhost-user NICs)")
 	cfg.RNG = true
 	fs.Var(onOff{&cfg.RNG}, "rng", "a virtio-rng device: entropy from the host's getrandom(2), at most 64 KiB a request and 8 MiB/s (--rng=off omits it)")
 	if err := fs.Parse(args); err != nil {
@@ -181,6 +188,11 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fail(fmt.Errorf("%w: --log-level %q is not debug, info, warn or error", vmm.ErrConfig, *logLevel))
 	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fail(fmt.Errorf("finding govmd's executable for net-device processes: %w", err))
+	}
+	cfg.NetDevice = []string{exe, "net-device", "--log-level", *logLevel}
 	cfg.Log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -198,6 +210,13 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		apiListener = l
 		defer func() { l.Close(); os.Remove(*apiPath) }()
+	}
+	if confine && cfg.GuestProfile == "" {
+		c, err := vmmConfinement(*apiPath)
+		if err != nil {
+			return fail(err)
+		}
+		cfg.Confine = c
 	}
 	vm, err := vmm.New(cfg)
 	if err != nil {

@@ -2,12 +2,17 @@ package main
 
 import (
 	"bytes"
+	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/govmd/govmd/internal/testkernel"
+	"github.com/govmd/govmd/virtio/vhostuser"
 )
 
 // TestBadInput checks that every kind of bad user input is one line on
@@ -27,6 +32,12 @@ func TestBadInput(t *testing.T) {
 	big := write("initrd", make([]byte, 48<<20))
 	odd := write("odd.img", make([]byte, 1000))
 	consoleOut := filepath.Join(dir, "console.log")
+	silent := fakeBackend(t, filepath.Join(dir, "silent.sock"), nil)
+	legacyOnly := fakeBackend(t, filepath.Join(dir, "legacy.sock"), func(c *vhostuser.Conn) {
+		if m, err := c.Recv(time.Now().Add(10 * time.Second)); err == nil {
+			c.Reply(&m, vhostuser.U64(0), time.Now().Add(time.Second))
+		}
+	})
 	tests := []struct {
 		name string
 		args []string
@@ -48,7 +59,20 @@ func TestBadInput(t *testing.T) {
 		{"cpus 0", []string{"run", "--kernel", kernel, "--cpus", "0"}, "--cpus must be at least 1"},
 		{"cpus too many", []string{"run", "--kernel", kernel, "--cpus", "999"}, "out of range"},
 		{"bad net option", []string{"run", "--kernel", kernel, "--net", "tap=t0,speed=fast"}, "unknown option"},
-		{"net without tap", []string{"run", "--kernel", kernel, "--net", "mac=02:00:00:00:00:01"}, "tap=NAME is required"},
+		{"net without tap", []string{"run", "--kernel", kernel, "--net", "mac=02:00:00:00:00:01"}, "tap=NAME or vhost-user=SOCKET is required"},
+		{"vhost-user socket missing", []string{"run", "--kernel", kernel, "--net", "vhost-user=" + filepath.Join(dir, "none.sock")}, "no such file"},
+		{"vhost-user not a socket", []string{"run", "--kernel", kernel, "--net", "vhost-user=" + text}, "not a socket"},
+		{"vhost-user with tap options", []string{"run", "--kernel", kernel, "--net", "vhost-user=" + silent + ",offload=off"}, "set by the vhost-user backend"},
+		{"vhost-user silent socket", []string{"run", "--kernel", kernel, "--net", "vhost-user=" + silent}, "vhost-user backend failed"},
+		{"vhost-user backend without VERSION_1", []string{"run", "--kernel", kernel, "--net", "vhost-user=" + legacyOnly}, "VERSION_1"},
+		{"tap that is not a tap", []string{"run", "--kernel", kernel, "--net", "tap=lo"}, "tap lo:"},
+		{"tap that is not a tap, in process", []string{"run", "--kernel", kernel, "--net", "tap=lo,sandbox=off"}, "tap lo:"},
+		{"net-device without a tap", []string{"net-device", "--socket", filepath.Join(dir, "nd.sock")}, "--tap"},
+		{"net-device without a socket", []string{"net-device", "--tap", "t0"}, "--socket"},
+		{"net-device tap not a tap", []string{"net-device", "--tap", "lo", "--socket", filepath.Join(dir, "nd.sock")}, "tap lo:"},
+		{"net-device bad mac", []string{"net-device", "--tap", "t0", "--socket", filepath.Join(dir, "nd.sock"), "--mac", "ff:ff:ff:ff:ff:ff"}, "--mac"},
+		{"net-device bad offload", []string{"net-device", "--tap", "t0", "--socket", filepath.Join(dir, "nd.sock"), "--offload", "max"}, "offload"},
+		{"bad sandbox option", []string{"run", "--kernel", kernel, "--net", "tap=t0,sandbox=maybe"}, "sandbox"},
 		{"bad transport", []string{"run", "--kernel", kernel, "--net", "tap=t0,transport=mmio"}, "transport"},
 		{"same tap twice", []string{"run", "--kernel", kernel, "--net", "tap=t0", "--net", "tap=t0"}, "used by two NICs"},
 		{"missing disk", []string{"run", "--kernel", kernel, "--disk", filepath.Join(dir, "none.img")}, "disk"},
@@ -76,8 +100,55 @@ func TestBadInput(t *testing.T) {
 			if _, err := os.Stat(consoleOut); err == nil {
 				t.Errorf("bad input created the console file %s", consoleOut)
 			}
+			if _, err := os.Stat(filepath.Join(dir, "nd.sock")); err == nil {
+				t.Errorf("bad input left the net-device socket behind")
+			}
+			if kids := children(t); len(kids) > 0 {
+				t.Errorf("bad input left processes behind: %v", kids)
+			}
 		})
 	}
+}
+
+// fakeBackend listens on path and runs serve (nil: never answer) on each
+// connection: a socket that is not a working vhost-user backend.
+func fakeBackend(t *testing.T, path string, serve func(c *vhostuser.Conn)) string {
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if serve != nil {
+					serve(vhostuser.NewConn(c.(*net.UnixConn)))
+				}
+				io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	return path
+}
+
+// children lists this process's child processes (from /proc).
+func children(t *testing.T) []string {
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, task := range tasks {
+		if c, err := os.ReadFile(task); err == nil {
+			out = append(out, strings.Fields(string(c))...)
+		}
+	}
+	return out
 }
 
 func TestVersion(t *testing.T) {
