@@ -120,9 +120,13 @@ func Start(t *testing.T, args ...string) *Guest {
 func StartIn(t *testing.T, ns string, args ...string) *Guest {
 	t.Helper()
 	requireKVM(t)
-	bin := govmd(t)
+	return startCmd(t, ns, append([]string{govmd(t)}, args...))
+}
+
+// startCmd is StartIn for any command (QEMU as a peer).
+func startCmd(t *testing.T, ns string, argv []string) *Guest {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	argv := append([]string{bin}, args...)
 	if ns != "" {
 		argv = append([]string{"ip", "netns", "exec", ns}, argv...)
 	}

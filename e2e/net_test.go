@@ -8,13 +8,17 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/govmd/govmd/devices/net/netdevice"
 	"github.com/govmd/govmd/internal/netns"
+	"github.com/govmd/govmd/internal/sandbox"
 )
 
 // Addresses inside each test's network namespace.
@@ -80,12 +84,16 @@ type netCase struct {
 	offload     string // govmd --net offload=
 	forceLegacy bool   // virtio_pci.force_legacy=1: the Linux legacy driver on a transitional device
 	offloadsOff bool   // the guest turns its receive offloads off at run time
-	ci          bool   // part of `make test` (the rest runs in `make e2e`)
+	// killBackend makes the NIC's net-device process attempt a forbidden
+	// system call at the end: the sandbox kills it, govmd reports it and
+	// the guest runs on to its end.
+	killBackend bool
+	ci          bool // part of `make test` (the rest runs in `make e2e`)
 }
 
 var netCases = []netCase{
-	{name: "transitional-modern-on", transport: "transitional", offload: "on", offloadsOff: true, ci: true},
-	{name: "transitional-legacy-on", transport: "transitional", offload: "on", forceLegacy: true, ci: true},
+	{name: "transitional-modern-on", transport: "transitional", offload: "on", offloadsOff: true, killBackend: true, ci: true},
+	{name: "transitional-legacy-on", transport: "transitional", offload: "on", forceLegacy: true, offloadsOff: true, ci: true},
 	{name: "modern-csum", transport: "modern", offload: "csum"},
 	{name: "modern-off", transport: "modern", offload: "off"},
 	{name: "legacy-on", transport: "legacy", offload: "on", offloadsOff: true},
@@ -206,10 +214,22 @@ func runNetCase(t *testing.T, c netCase) {
 	if c.offloadsOff {
 		steps += ",offloads-off,wait-host,offloads-on,wait-host"
 	}
+	// The net-device is killed while the guest sleeps at the end: it must
+	// wake up and finish with the NIC gone.
+	kill := c.killBackend && os.Getenv("GOVMD_E2E_VMM") != "qemu" && os.Getenv(sandbox.AuditEnv) != "1"
+	if c.killBackend && !kill {
+		t.Logf("not checking that a sandbox violation kills the net-device (QEMU, or %s=1: violations are only logged)", sandbox.AuditEnv)
+	}
+	if kill {
+		steps += ",sleep"
+	}
 	extra := fmt.Sprintf("govmd.test=%s govmd.ip=%s/24 govmd.peer=%s govmd.tcp.port=%d govmd.tcp.txport=%d govmd.tcp.bytes=%d govmd.wait.port=%d govmd.hash=%s",
 		steps, guestIP, hostIP, rxPort, txPort, size, waitPort, p.Hash)
 	if c.forceLegacy {
 		extra += " virtio_pci.force_legacy=1"
+	}
+	if kill {
+		extra += " govmd.wait=20"
 	}
 	args := []string{"run", "--kernel", image(t, "linux/vmlinux"), "--initrd", image(t, "initrd.cpio"),
 		"--cmdline", cmdline(t, extra), "--cpus", "2", "--memory", "256M", "--log-level", "debug",
@@ -219,6 +239,9 @@ func runNetCase(t *testing.T, c netCase) {
 		// The same guest under QEMU's virtio-net (vhost off), to tell a
 		// govmd problem from one of the environment.
 		args = qemuNetArgs(t, cmdline(t, extra), c)
+	}
+	if kill {
+		t.Setenv(netdevice.TestViolationEnv, "1") // inherited by the net-device process
 	}
 	g := StartIn(t, ns.Name, args...)
 
@@ -242,6 +265,11 @@ func runNetCase(t *testing.T, c netCase) {
 		t.Errorf("MRG_RXBUF or CTRL_VQ not negotiated: %s", feat)
 	}
 	checkTapOffloads(t, ns, wantCsum, wantTSO)
+	var backend int
+	if !qemu {
+		// The NIC's device runs in a confined net-device process.
+		backend = checkSandboxed(t, g.cmd.Process.Pid)
+	}
 
 	// Host -> guest ping while the guest is up.
 	if out, err := ns.Exec("ping", "-c", "3", "-W", "5", guestIP); err != nil {
@@ -293,12 +321,72 @@ func runNetCase(t *testing.T, c netCase) {
 		checkTapOffloads(t, ns, wantCsum, wantTSO)
 		release(t, ns)
 	}
+	if kill && backend > 0 {
+		g.Expect(`GOVMD-STEP sleep start`, p.Step)
+		killBackend(t, g, backend)
+		for _, l := range g.Console() {
+			if strings.Contains(l, "GOVMD-STEP sleep status") {
+				t.Fatal("the guest's sleep ended before the net-device was killed: nothing shows that the VM kept running")
+			}
+		}
+		// The VM runs on: the guest wakes up and finishes.
+		g.Expect(`GOVMD-STEP sleep status=0`, p.Step)
+	}
 	g.Expect(`GOVMD-DONE status=0`, p.Step)
 	if st := g.Wait(p.Step); st != 0 {
 		t.Fatalf("govmd exit status %d\n%s", st, g.Stderr())
 	}
 	if !qemu && !strings.Contains(g.Stderr(), "nic stats") {
 		t.Errorf("govmd printed no NIC counters at exit:\n%s", g.Stderr())
+	}
+}
+
+// checkSandboxed finds the net-device process govmd (pid) started for
+// its NIC and checks that it is confined (checkProcConfined). It returns
+// the process's pid (0 if there is none).
+func checkSandboxed(t *testing.T, pid int) int {
+	t.Helper()
+	var kids []string
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, task := range tasks {
+		if b, err := os.ReadFile(task); err == nil {
+			kids = append(kids, strings.Fields(string(b))...)
+		}
+	}
+	if len(kids) != 1 {
+		t.Errorf("govmd has %d child processes, want its NIC's net-device: %v", len(kids), kids)
+		return 0
+	}
+	var n int
+	fmt.Sscan(kids[0], &n)
+	checkProcConfined(t, n)
+	return n
+}
+
+// killBackend makes the net-device process attempt a forbidden system
+// call (the test trigger, SIGUSR1): the sandbox must kill it and govmd
+// say so; the caller then checks that the guest runs on.
+func killBackend(t *testing.T, g *Guest, pid int) {
+	t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGUSR1); err != nil {
+		t.Errorf("signalling the net-device process: %v", err)
+		return
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(g.Stderr(), "killed by its seccomp filter") {
+		if time.Now().After(deadline) {
+			t.Errorf("govmd did not report the net-device process killed by its sandbox:\n%s", g.Stderr())
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !strings.Contains(g.Stderr(), "needs a reset") {
+		t.Errorf("govmd did not report the NIC needing a reset:\n%s", g.Stderr())
+	}
+	for _, l := range strings.Split(g.Stderr(), "\n") {
+		if strings.Contains(l, "killed by its seccomp filter") || strings.Contains(l, "needs a reset") {
+			t.Logf("govmd: %s", l)
+		}
 	}
 }
 
