@@ -121,6 +121,10 @@ func (v *VM) Run(ctx context.Context) (Result, error) {
 			setupErr = err
 		}
 	}
+	if setupErr == nil && v.cfg.sharedMemory() && !shmemHugePages() {
+		// Said once everything is set up: bad input stays one error line.
+		v.log.Info("guest RAM is shared with device processes and gets no transparent huge pages: /sys/kernel/mm/transparent_hugepage/shmem_enabled does not allow them (advise does; or sandbox=off)")
+	}
 	if setupErr == nil && v.cfg.Confine != nil {
 		if err := v.cfg.Confine(); err != nil {
 			setupErr = fmt.Errorf("vmm: confining the process: %w", err)

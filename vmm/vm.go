@@ -127,9 +127,6 @@ func New(cfg Config) (_ *VM, err error) {
 	newMem := memory.New
 	if cfg.sharedMemory() {
 		newMem = memory.NewShared
-		if !shmemHugePages() {
-			v.log.Info("guest RAM is shared with device processes and gets no transparent huge pages: /sys/kernel/mm/transparent_hugepage/shmem_enabled does not allow them (advise does; or sandbox=off)")
-		}
 	}
 	if v.mem, err = newMem(ram); err != nil {
 		return nil, fmt.Errorf("guest memory: %w", err)
