@@ -333,8 +333,8 @@ func BenchmarkGuestBlk(b *testing.B) {
 // blkResult is what one blk-bench run measured, per pattern: kIOPS timed
 // by the host and by the guest, the virtio interrupts the guest took per
 // request, and the VM exits per request (KVM's count for the VMM's VM,
-// read from debugfs at the pattern's begin and end lines; none where
-// debugfs has no KVM directory).
+// read through exitsVia at the pattern's begin and end lines; none where
+// KVM has no statistics).
 type blkResult struct {
 	host, guest, irqs, exits map[string]float64
 }
@@ -595,8 +595,8 @@ func BenchmarkGuestNet(b *testing.B) {
 
 // netBenchOnce boots one guest running tcp-rx and tcp-tx, sends it the
 // test stream when it listens, and returns irqs/pkt-rx, irqs/pkt-tx,
-// exits/pkt-rx and exits/pkt-tx (the exits only where debugfs shows the
-// VM); an error unless both directions were measured.
+// exits/pkt-rx and exits/pkt-tx (the exits only where KVM has statistics,
+// exitsVia); an error unless both directions were measured.
 func netBenchOnce(argv []string, gn *guestNet, p hostProfile, via exitsVia) (map[string]float64, error) {
 	res := map[string]float64{}
 	start := map[string]uint64{}

@@ -41,7 +41,7 @@ footing. A run that did not finish within the profile's budgets, printed nothing
 silence limit, or whose guest crashed first, counts as hung and is left out and repeated (up to
 as many times as there are runs, at least 6; docs/pvm.md says why nested guests stall).
 Interrupts are the guest's own count (the virtio lines of /proc/interrupts); VM exits are KVM's
-count for the VMM's VM (debugfs), read when the guest prints the workload's first and last line.
+count for the VMM's VM (its vCPUs' KVM statistics: govmd's API socket, QEMU's QMP query-stats), read when the guest prints the workload's first and last line.
 `
 
 var guestBlkPatterns = []string{"seq-read", "rand-read", "seq-write", "rand-write"}
