@@ -204,7 +204,7 @@ func runNetCase(t *testing.T, c netCase) {
 	requireKVM(t)
 	p := logProfile(t)
 	gn := newGuestNet(t)
-	ns, txDone := gn.ns, gn.txDone
+	ns := gn.ns
 
 	size := p.TCPBytes
 	if full() {
@@ -271,42 +271,7 @@ func runNetCase(t *testing.T, c netCase) {
 		backend = checkSandboxed(t, g.cmd.Process.Pid)
 	}
 
-	// Host -> guest ping while the guest is up.
-	if out, err := ns.Exec("ping", "-c", "3", "-W", "5", guestIP); err != nil {
-		t.Errorf("host ping of the guest: %v\n%s", err, out)
-	}
-	// Host -> guest TCP.
-	g.Expect(`GOVMD-TCP-LISTENING port=`, p.Step)
-	data := pattern(size)
-	if err := gn.send(data, p.NetStall); err != nil {
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			// The guest stopped taking data for a minute: what the
-			// guest's console going silent is for the other steps
-			// (scripts/nested.sh reruns both, docs/pvm.md).
-			t.Fatalf("guest network stalled: sending to the guest: %v", err)
-		}
-		t.Fatalf("sending to the guest: %v", err)
-	}
-	g.Expect(`GOVMD-STEP tcp-rx status=`, p.Step)
-	g.Expect(`GOVMD-STEP tcp-tx status=`, p.Step)
-	res := g.Results()
-	if res["ping.received"] == "" || res["ping.received"] == "0" {
-		t.Errorf("guest ping of the host: %s of %s received", res["ping.received"], res["ping.transmitted"])
-	}
-	if got, want := res["tcp.rx."+p.Hash], digest(p.Hash, data); got != want || res["tcp.rx.bytes"] != fmt.Sprint(size) {
-		t.Errorf("host->guest TCP: guest got %s bytes %s %s, sent %d %s %s", res["tcp.rx.bytes"], p.Hash, got, size, p.Hash, want)
-	}
-	select {
-	case got := <-txDone:
-		if want := fmt.Sprintf("%d %s", size, hexSHA(data)); got != want {
-			t.Errorf("guest->host TCP: host got %q, want %q", got, want)
-		}
-		if res["tcp.tx.sha256"] != hexSHA(data) {
-			t.Errorf("guest reports sending sha256 %s", res["tcp.tx.sha256"])
-		}
-	case <-time.After(p.Step):
-		t.Error("guest->host TCP: no complete connection")
-	}
+	checkTraffic(t, g, gn, p, size)
 
 	if c.offloadsOff {
 		// With GRO_HW off the guest no longer accepts TSO frames;
@@ -338,6 +303,50 @@ func runNetCase(t *testing.T, c netCase) {
 	}
 	if !qemu && !strings.Contains(g.Stderr(), "nic stats") {
 		t.Errorf("govmd printed no NIC counters at exit:\n%s", g.Stderr())
+	}
+}
+
+// checkTraffic runs the host's side of the guest's ping, tcp-rx and
+// tcp-tx steps: the host pings the guest, sends it size bytes of the test
+// stream and takes what it sends, and checks the guest's ping and both
+// transfers' digests.
+func checkTraffic(t *testing.T, g *Guest, gn *guestNet, p hostProfile, size int) {
+	t.Helper()
+	// Host -> guest ping while the guest is up.
+	if out, err := gn.ns.Exec("ping", "-c", "3", "-W", "5", guestIP); err != nil {
+		t.Errorf("host ping of the guest: %v\n%s", err, out)
+	}
+	// Host -> guest TCP.
+	g.Expect(`GOVMD-TCP-LISTENING port=`, p.Step)
+	data := pattern(size)
+	if err := gn.send(data, p.NetStall); err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// The guest stopped taking data for a minute: what the
+			// guest's console going silent is for the other steps
+			// (scripts/nested.sh reruns both, docs/pvm.md).
+			t.Fatalf("guest network stalled: sending to the guest: %v", err)
+		}
+		t.Fatalf("sending to the guest: %v", err)
+	}
+	g.Expect(`GOVMD-STEP tcp-rx status=`, p.Step)
+	g.Expect(`GOVMD-STEP tcp-tx status=`, p.Step)
+	res := g.Results()
+	if res["ping.received"] == "" || res["ping.received"] == "0" {
+		t.Errorf("guest ping of the host: %s of %s received", res["ping.received"], res["ping.transmitted"])
+	}
+	if got, want := res["tcp.rx."+p.Hash], digest(p.Hash, data); got != want || res["tcp.rx.bytes"] != fmt.Sprint(size) {
+		t.Errorf("host->guest TCP: guest got %s bytes %s %s, sent %d %s %s", res["tcp.rx.bytes"], p.Hash, got, size, p.Hash, want)
+	}
+	select {
+	case got := <-gn.txDone:
+		if want := fmt.Sprintf("%d %s", size, hexSHA(data)); got != want {
+			t.Errorf("guest->host TCP: host got %q, want %q", got, want)
+		}
+		if res["tcp.tx.sha256"] != hexSHA(data) {
+			t.Errorf("guest reports sending sha256 %s", res["tcp.tx.sha256"])
+		}
+	case <-time.After(p.Step):
+		t.Error("guest->host TCP: no complete connection")
 	}
 }
 

@@ -92,31 +92,7 @@ func runVhostUserQEMU(t *testing.T, devOpts string, legacy bool) {
 		checkProcConfined(t, pid)
 	}
 
-	if out, err := ns.Exec("ping", "-c", "3", "-W", "5", guestIP); err != nil {
-		t.Errorf("host ping of the guest: %v\n%s", err, out)
-	}
-	g.Expect(`GOVMD-TCP-LISTENING port=`, p.Step)
-	data := pattern(size)
-	if err := gn.send(data, p.NetStall); err != nil {
-		t.Fatalf("sending to the guest: %v", err)
-	}
-	g.Expect(`GOVMD-STEP tcp-rx status=`, p.Step)
-	g.Expect(`GOVMD-STEP tcp-tx status=`, p.Step)
-	res := g.Results()
-	if res["ping.received"] == "" || res["ping.received"] == "0" {
-		t.Errorf("guest ping of the host: %s of %s received", res["ping.received"], res["ping.transmitted"])
-	}
-	if got, want := res["tcp.rx."+p.Hash], digest(p.Hash, data); got != want {
-		t.Errorf("host->guest TCP: guest got %s %s, sent %s", res["tcp.rx.bytes"], got, want)
-	}
-	select {
-	case got := <-gn.txDone:
-		if want := fmt.Sprintf("%d %s", size, hexSHA(data)); got != want {
-			t.Errorf("guest->host TCP: host got %q, want %q", got, want)
-		}
-	case <-time.After(p.Step):
-		t.Error("guest->host TCP: no complete connection")
-	}
+	checkTraffic(t, g, gn, p, size)
 	// The guest tries to turn GRO_HW off; without CTRL_GUEST_OFFLOADS it
 	// cannot, and the tap keeps exactly what it accepted.
 	g.Expect(`GOVMD-STEP offloads-off status=1`, p.Step)

@@ -137,16 +137,8 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs.Var(onOff{&cfg.SharedMemory}, "shared-memory", "guest RAM in a memfd that device processes map (always so with sandboxed or vhost-user NICs)")
 	cfg.RNG = true
 	fs.Var(onOff{&cfg.RNG}, "rng", "a virtio-rng device: entropy from the host's getrandom(2), at most 64 KiB a request and 8 MiB/s (--rng=off omits it)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, usage)
-			fmt.Fprintln(stdout, "\ngovmd run flags:")
-			fs.SetOutput(stdout)
-			fs.PrintDefaults()
-			return exitOK
-		}
-		fmt.Fprintf(stderr, "govmd: %v\n", err)
-		return exitUsage
+	if code, ok := parseFlags(fs, args, usage, "govmd", stdout, stderr); !ok {
+		return code
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "govmd: unexpected argument %q\n", fs.Arg(0))
@@ -298,4 +290,24 @@ func (l *lateReader) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	return r.Read(p)
+}
+
+// parseFlags parses args with fs. With -h or --help it prints usage and
+// fs's flags to stdout and gives exitOK; on a bad flag it prints one line
+// (prefixed with who) to stderr and gives exitUsage; ok means go on.
+func parseFlags(fs *flag.FlagSet, args []string, usage, who string, stdout, stderr io.Writer) (code int, ok bool) {
+	err := fs.Parse(args)
+	switch {
+	case err == nil:
+		return 0, true
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprint(stdout, usage)
+		fmt.Fprintf(stdout, "\ngovmd %s flags:\n", fs.Name())
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+		return exitOK, false
+	default:
+		fmt.Fprintf(stderr, "%s: %v\n", who, err)
+		return exitUsage, false
+	}
 }

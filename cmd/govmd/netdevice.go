@@ -41,16 +41,8 @@ func runNetDevice(args []string, stdout, stderr io.Writer) int {
 	// socket (not for people).
 	fs.IntVar(&cfg.TapFD, "tap-fd", -1, "an open tap descriptor to take over (set by govmd run)")
 	fs.IntVar(&cfg.SocketFD, "socket-fd", -1, "a connected vhost-user socket descriptor (set by govmd run)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, netDeviceUsage)
-			fmt.Fprintln(stdout, "\ngovmd net-device flags:")
-			fs.SetOutput(stdout)
-			fs.PrintDefaults()
-			return exitOK
-		}
-		fmt.Fprintf(stderr, "govmd net-device: %v\n", err)
-		return exitUsage
+	if code, ok := parseFlags(fs, args, netDeviceUsage, "govmd net-device", stdout, stderr); !ok {
+		return code
 	}
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "govmd net-device: %v\n", err)
