@@ -53,6 +53,13 @@ func TestBootReady(t *testing.T) {
 			if elf {
 				args = append(args, "--guest-profile", prof)
 			}
+			// The other boot serves the control API from a directory only
+			// root may enter, while govmd confines itself (nobody,
+			// Landlock, seccomp; --guest-profile turns that off).
+			sock := filepath.Join(t.TempDir(), "api.sock")
+			if !elf {
+				args = append(args, "--api-socket", sock)
+			}
 			g := Start(t, args...)
 			m := g.Expect(`GOVMD-READY uptime=([0-9.]+) cpus=([0-9]+)`, p.Boot)
 			if m[2] != "2" {
@@ -61,6 +68,11 @@ func TestBootReady(t *testing.T) {
 			g.Expect(`GOVMD-DONE status=0`, p.Step)
 			if st := g.Wait(p.Step); st != 0 {
 				t.Fatalf("govmd exit status %d, want 0\n%s", st, g.Stderr())
+			}
+			if !elf {
+				if _, err := os.Lstat(sock); err == nil && !strings.Contains(g.Stderr(), "api socket left behind") {
+					t.Errorf("the API socket is left behind without a word:\n%s", g.Stderr())
+				}
 			}
 			// govmd's MP table ends the kernel's scan of the BIOS area
 			// for one (seconds under PVM's emulator without it).

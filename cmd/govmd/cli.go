@@ -201,7 +201,16 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return fail(fmt.Errorf("%w: %w", vmm.ErrConfig, err))
 		}
 		apiListener = l
-		defer func() { l.Close(); os.Remove(*apiPath) }()
+		defer func() {
+			l.Close() // unlinks the socket
+			// A confined govmd runs as nobody, which cannot remove files in
+			// a directory only root may write (Landlock allows it, the
+			// file system's permissions do not). The next govmd on the
+			// path replaces the stale socket.
+			if err := os.Remove(*apiPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+				cfg.Log.Warn("api socket left behind", "path", *apiPath, "err", err)
+			}
+		}()
 	}
 	if confine && cfg.GuestProfile == "" {
 		c, err := vmmConfinement(*apiPath)

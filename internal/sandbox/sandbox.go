@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/user"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -83,9 +82,21 @@ func Confine(cfg Config) error {
 	// What the standard library loads lazily from files must be loaded
 	// now: the local time zone (for log timestamps).
 	_ = time.Local.String()
-	if err := becomeUser(cfg.User); err != nil {
-		return err
+	uid, gid := -1, -1
+	if cfg.User != "" {
+		var err error
+		if uid, gid, err = lookup(cfg.User); err != nil {
+			return err
+		}
+		if uid == 0 {
+			return fmt.Errorf("sandbox: user %s is root", cfg.User)
+		}
+	} else if caps, err := effectiveCaps(); err != nil || caps != 0 {
+		return fmt.Errorf("sandbox: running with capabilities %#x: give a user to switch to (%v)", caps, err)
 	}
+	// Landlock before the switch: it opens the paths of its rules, which
+	// the user switched to may not be allowed to reach (a socket in a
+	// directory only root can enter).
 	var rules []landlock.Rule
 	if cfg.RemovableDir != "" {
 		rules = append(rules, landlock.PathAccess(llsys.AccessFSRemoveFile, cfg.RemovableDir))
@@ -103,25 +114,20 @@ func Confine(cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("sandbox: landlock: %w", err)
 	}
+	if uid > 0 {
+		if err := switchUser(uid, gid); err != nil {
+			return err
+		}
+		if caps, err := effectiveCaps(); err != nil || caps != 0 {
+			return fmt.Errorf("sandbox: capabilities %#x left after becoming %s (%v)", caps, cfg.User, err)
+		}
+	}
 	return loadFilter(cfg)
 }
 
-// becomeUser switches every thread to name's uid and primary gid, which
-// clears the capability sets of a process started as root.
-func becomeUser(name string) error {
-	if name == "" {
-		if caps, err := effectiveCaps(); err != nil || caps != 0 {
-			return fmt.Errorf("sandbox: running with capabilities %#x: give a user to switch to", caps)
-		}
-		return nil
-	}
-	uid, gid, err := lookup(name)
-	if err != nil {
-		return err
-	}
-	if uid == 0 {
-		return fmt.Errorf("sandbox: user %s is root", name)
-	}
+// switchUser switches every thread to uid and gid, with no supplementary
+// groups, which clears the capability sets of a process started as root.
+func switchUser(uid, gid int) error {
 	if err := syscall.Setgroups(nil); err != nil {
 		return fmt.Errorf("sandbox: setgroups: %w", err)
 	}
@@ -130,9 +136,6 @@ func becomeUser(name string) error {
 	}
 	if err := syscall.Setresuid(uid, uid, uid); err != nil {
 		return fmt.Errorf("sandbox: setresuid %d: %w", uid, err)
-	}
-	if caps, err := effectiveCaps(); err != nil || caps != 0 {
-		return fmt.Errorf("sandbox: capabilities %#x left after becoming %s (%v)", caps, name, err)
 	}
 	return nil
 }
@@ -178,25 +181,13 @@ func lookup(name string) (uid, gid int, err error) {
 // effectiveCaps returns the process's effective capability set, read from
 // /proc/self/status (CapEff).
 func effectiveCaps() (uint64, error) {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0, err
+	// capget, not /proc/self/status: Landlock may already deny files.
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return 0, os.NewSyscallError("capget", err)
 	}
-	v, ok := statusField(string(b), "CapEff")
-	if !ok {
-		return 0, errors.New("no CapEff in /proc/self/status")
-	}
-	return strconv.ParseUint(v, 16, 64)
-}
-
-// statusField returns the value of a "Name:\tvalue" line.
-func statusField(status, name string) (string, bool) {
-	for _, line := range strings.Split(status, "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && k == name {
-			return strings.TrimSpace(v), true
-		}
-	}
-	return "", false
+	return uint64(data[0].Effective) | uint64(data[1].Effective)<<32, nil
 }
 
 // loadFilter installs the seccomp allowlist on every thread.
