@@ -3,6 +3,7 @@ package vmm
 import (
 	"bytes"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -250,6 +251,15 @@ var netQueueSizes = []uint16{vnet.DefaultQueueSize, vnet.DefaultQueueSize, vnet.
 // backendTimeout bounds each exchange with a vhost-user backend.
 const backendTimeout = 2 * time.Second
 
+// netFrontendConfig is the frontend of a virtio-net NIC whose backend
+// talks on conn: govmd's net device's queues and configuration, guest RAM,
+// each exchange bounded by backendTimeout.
+func (v *VM) netFrontendConfig(conn *vhostuser.Conn, log *slog.Logger) vhostuser.FrontendConfig {
+	return vhostuser.FrontendConfig{Conn: conn, Mem: v.mem, Type: virtio.DeviceNet,
+		QueueSizes: netQueueSizes, ConfigSize: vnet.ConfigSize, Validate: vnet.ValidateFeatures,
+		Timeout: backendTimeout, Log: log}
+}
+
 // openSandboxedNIC opens a NIC whose device runs in a net-device process of
 // its own: the tap is opened here (so that its errors are reported like
 // any other), handed to the process with one end of a socketpair, and
@@ -283,9 +293,7 @@ func (v *VM) openSandboxedNIC(i int, nc *NetConfig) (openedNIC, error) {
 			log.Error("net-device process ended; the NIC needs a reset", "pid", p.Pid(), "how", p.Describe())
 		}
 	}()
-	fe, err := vhostuser.NewFrontend(vhostuser.FrontendConfig{Conn: p.Conn, Mem: v.mem, Type: virtio.DeviceNet,
-		QueueSizes: netQueueSizes, ConfigSize: vnet.ConfigSize, Validate: vnet.ValidateFeatures,
-		Timeout: backendTimeout, Log: log})
+	fe, err := vhostuser.NewFrontend(v.netFrontendConfig(p.Conn, log))
 	if err != nil {
 		return openedNIC{}, fmt.Errorf("net-device process: %w", err)
 	}
@@ -303,9 +311,7 @@ func (v *VM) openVhostUserNIC(i int, nc *NetConfig) (openedNIC, error) {
 		return openedNIC{}, fmt.Errorf("%w: %w", ErrConfig, unwrapPathErr(err))
 	}
 	log := v.log.With("nic", i, "vhost_user", nc.VhostUser)
-	cfg := vhostuser.FrontendConfig{Conn: vhostuser.NewConn(c.(*net.UnixConn)), Mem: v.mem, Type: virtio.DeviceNet,
-		QueueSizes: netQueueSizes, ConfigSize: vnet.ConfigSize, Validate: vnet.ValidateFeatures,
-		Timeout: backendTimeout, Log: log}
+	cfg := v.netFrontendConfig(vhostuser.NewConn(c.(*net.UnixConn)), log)
 	// A backend that does not provide the configuration (QEMU's
 	// vhost-user net backends do not) gets this side's MAC and link
 	// status.
