@@ -10,8 +10,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/govmd/govmd/devices/blk"
+	"github.com/govmd/govmd/devices/console"
+	"github.com/govmd/govmd/devices/fs"
 	vnet "github.com/govmd/govmd/devices/net"
 	"github.com/govmd/govmd/virtio/pcitransport"
 )
@@ -35,6 +38,26 @@ type Config struct {
 	Disks []DiskConfig
 	// RNG adds a virtio-rng device (entropy from the host's getrandom).
 	RNG bool
+
+	// Shares are host directories the guest mounts with virtio-fs
+	// (mount -t virtiofs TAG DIR), each served by a virtiofsd of its own
+	// (Virtiofsd: its path; empty: fs.FindVirtiofsd's choice). A
+	// read-only share needs ShareHelper: the command that runs govmd's
+	// read-only helper (govmd run sets it to its own executable and
+	// "share-ro", see fs.ExecReadOnly).
+	Shares      []fs.Share
+	Virtiofsd   string
+	ShareHelper []string
+
+	// ConsolePorts, if not empty, adds a virtio-console device with these
+	// ports (port 0 is the guest's hvc0; named ports are /dev/vport*).
+	ConsolePorts []console.Port
+
+	// InitrdAppend is appended to the initrd (or is the initrd, without
+	// one): an uncompressed cpio archive such as govmd exec's init
+	// (boot/execinit). The initrd is padded to 4 bytes before it, as
+	// Linux wants of concatenated archives.
+	InitrdAppend []byte
 
 	// CPUProfile selects the CPU the guest sees: ProfileAuto (default:
 	// detect the host), ProfileHost (everything KVM supports), ProfilePVM
@@ -62,6 +85,10 @@ type Config struct {
 	// (one extra exit each), counted per kernel function when the kernel
 	// is an ELF vmlinux with symbols.
 	GuestProfile string
+
+	// Start is when the VMM started, the origin of the boot timings
+	// (default: when Validate ran).
+	Start time.Time
 
 	Log *slog.Logger
 }
@@ -195,6 +222,29 @@ func (c *Config) Validate() error {
 			n.MAC = defaultMAC(i)
 		}
 	}
+	tags := map[string]bool{}
+	for _, sh := range c.Shares {
+		if err := sh.Check(); err != nil {
+			return configWrap(err, "--share %s", sh.Path)
+		}
+		if tags[sh.Tag] {
+			return configErr("--share %s: tag %q used by two shares", sh.Path, sh.Tag)
+		}
+		tags[sh.Tag] = true
+		if sh.ReadOnly && len(c.ShareHelper) == 0 {
+			return configErr("--share %s: a read-only share needs the read-only helper (Config.ShareHelper)", sh.Path)
+		}
+	}
+	if len(c.Shares) > 0 {
+		p, err := fs.FindVirtiofsd(c.Virtiofsd)
+		if err != nil {
+			return configWrap(err, "--share")
+		}
+		c.Virtiofsd = p
+	}
+	if len(c.ConsolePorts) > console.MaxPorts {
+		return configErr("%d console ports, at most %d", len(c.ConsolePorts), console.MaxPorts)
+	}
 	for i := range c.Disks {
 		d := &c.Disks[i]
 		if err := readable(d.Path, "disk"); err != nil {
@@ -212,6 +262,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.Start.IsZero() {
+		c.Start = time.Now()
 	}
 	if c.Console == nil {
 		c.Console = io.Discard
@@ -292,14 +345,17 @@ func (c *Config) sharedMemory() bool {
 			return true
 		}
 	}
-	return c.SharedMemory
+	return c.SharedMemory || len(c.Shares) > 0
 }
 
 // pciDevices is the number of PCI functions the VM gets: slots 1 to that
 // number hold them.
 func (c *Config) pciDevices() int {
-	n := len(c.Nets) + len(c.Disks)
+	n := len(c.Nets) + len(c.Disks) + len(c.Shares)
 	if c.RNG {
+		n++
+	}
+	if len(c.ConsolePorts) > 0 {
 		n++
 	}
 	return n
@@ -503,6 +559,38 @@ func ParseDisk(s string) (DiskConfig, error) {
 		d.Serial = DefaultSerial(d.Path)
 	}
 	return d, nil
+}
+
+// ParseShare parses a --share value: PATH,tag=TAG[,ro]. The path is
+// made absolute (virtiofsd runs elsewhere).
+func ParseShare(s string) (fs.Share, error) {
+	opts := splitOpts(s)
+	if len(opts) == 0 || opts[0] == "" || strings.HasPrefix(opts[0], "tag=") {
+		return fs.Share{}, configErr("--share %q: the first field must be the directory", s)
+	}
+	p, err := filepath.Abs(strings.TrimPrefix(opts[0], "path="))
+	if err != nil {
+		return fs.Share{}, configWrap(err, "--share %q", s)
+	}
+	sh := fs.Share{Path: p}
+	for _, kv := range opts[1:] {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "ro":
+			sh.ReadOnly = true
+		case "tag":
+			if err := fs.CheckTag(v); err != nil {
+				return sh, configWrap(err, "--share %s", opts[0])
+			}
+			sh.Tag = v
+		default:
+			return sh, configErr("--share: unknown option %q (want tag=, ro)", k)
+		}
+	}
+	if sh.Tag == "" {
+		return sh, configErr("--share %s: tag=TAG is required (the guest mounts the share by its tag)", opts[0])
+	}
+	return sh, nil
 }
 
 // DefaultSerial derives a disk serial from the image's file name.

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/govmd/govmd/devices/console"
+	"github.com/govmd/govmd/devices/fs"
 	vnet "github.com/govmd/govmd/devices/net"
 	"github.com/govmd/govmd/virtio/pcitransport"
 )
@@ -87,6 +89,35 @@ func TestParseDisk(t *testing.T) {
 	}
 }
 
+func TestParseShare(t *testing.T) {
+	sh, err := ParseShare("/srv/data,tag=data,ro")
+	if err != nil || sh.Path != "/srv/data" || sh.Tag != "data" || !sh.ReadOnly {
+		t.Fatalf("ParseShare = %+v, %v", sh, err)
+	}
+	sh, err = ParseShare("rel,tag=t")
+	if wd, _ := os.Getwd(); err != nil || sh.Path != filepath.Join(wd, "rel") || sh.ReadOnly {
+		t.Fatalf("relative path: %+v, %v", sh, err)
+	}
+	for _, bad := range []string{"", "tag=x", "/srv", "/srv,tag=", "/srv,tag=a b", "/srv,tag=a/b", "/srv,tag=x,rw", "/srv,tag=x,cache=none"} {
+		if _, err := ParseShare(bad); err == nil || !errors.Is(err, ErrConfig) {
+			t.Errorf("ParseShare(%q) = %v, want an ErrConfig", bad, err)
+		}
+	}
+}
+
+func TestAppendArchive(t *testing.T) {
+	for _, tc := range []struct{ initrd, want string }{
+		{"", "ARCH"},
+		{"abcd", "abcdARCH"},
+		{"abcde", "abcde\x00\x00\x00ARCH"},
+		{"ab", "ab\x00\x00ARCH"},
+	} {
+		if got := string(appendArchive([]byte(tc.initrd), []byte("ARCH"))); got != tc.want {
+			t.Errorf("appendArchive(%q) = %q, want %q", tc.initrd, got, tc.want)
+		}
+	}
+}
+
 // TestDiskQueuesDefault: a disk gets one request queue per vCPU, at most
 // DefaultDiskQueues, unless queues= says otherwise.
 func TestDiskQueuesDefault(t *testing.T) {
@@ -132,6 +163,13 @@ func TestValidate(t *testing.T) {
 		{"duplicate tap", Config{Kernel: kernel, Nets: []NetConfig{{Tap: "a"}, {Tap: "a"}}}, false},
 		{"missing disk", Config{Kernel: kernel, Disks: []DiskConfig{{Path: filepath.Join(dir, "nope")}}}, false},
 		{"disk queues too many", Config{Kernel: kernel, Disks: []DiskConfig{{Path: kernel, Queues: 65}}}, false},
+		{"share missing", Config{Kernel: kernel, Shares: []fs.Share{{Path: filepath.Join(dir, "nope"), Tag: "a"}}}, false},
+		{"share is a file", Config{Kernel: kernel, Shares: []fs.Share{{Path: kernel, Tag: "a"}}}, false},
+		{"share tag twice", Config{Kernel: kernel, Virtiofsd: "/bin/true", Shares: []fs.Share{{Path: dir, Tag: "a"}, {Path: dir, Tag: "a"}}}, false},
+		{"share ro without helper", Config{Kernel: kernel, Virtiofsd: "/bin/true", Shares: []fs.Share{{Path: dir, Tag: "a", ReadOnly: true}}}, false},
+		{"share without virtiofsd", Config{Kernel: kernel, Virtiofsd: filepath.Join(dir, "nope"), Shares: []fs.Share{{Path: dir, Tag: "a"}}}, false},
+		{"share", Config{Kernel: kernel, Virtiofsd: "/bin/true", Shares: []fs.Share{{Path: dir, Tag: "a"}}}, true},
+		{"console ports too many", Config{Kernel: kernel, ConsolePorts: make([]console.Port, console.MaxPorts+1)}, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"strings"
+	"time"
 
 	"github.com/govmd/govmd/kvm"
 )
@@ -13,6 +14,11 @@ import (
 type Counters struct {
 	VCPUs   []VCPUCounters   `json:"vcpus"`
 	Devices []DeviceCounters `json:"devices"`
+	// Boot holds the boot timestamps reached so far, in milliseconds
+	// since the VMM started (Config.Start): "first_entry" (a vCPU first
+	// entered the guest), and those a guest init reports (govmd exec:
+	// "init", "cmd_start", "cmd_end").
+	Boot map[string]float64 `json:"boot_ms,omitempty"`
 }
 
 // VCPUCounters are one vCPU's counters.
@@ -59,6 +65,7 @@ func (v *VM) Counters() Counters {
 		}
 		c.VCPUs = append(c.VCPUs, vc)
 	}
+	c.Boot = v.bootTimes()
 	for _, d := range v.devices {
 		c.Devices = append(c.Devices, DeviceCounters{
 			Kind: d.kind, Index: d.index, Name: d.name, Slot: d.slot,
@@ -66,4 +73,33 @@ func (v *VM) Counters() Counters {
 		})
 	}
 	return c
+}
+
+// MarkBoot records that the guest reached a boot milestone (name, e.g.
+// "init") at t. The first mark of a name is kept.
+func (v *VM) MarkBoot(name string, t time.Time) {
+	v.bootMu.Lock()
+	defer v.bootMu.Unlock()
+	if v.boot == nil {
+		v.boot = map[string]time.Time{}
+	}
+	if _, ok := v.boot[name]; !ok {
+		v.boot[name] = t
+	}
+}
+
+// bootTimes returns the boot milestones in milliseconds since the VMM
+// started.
+func (v *VM) bootTimes() map[string]float64 {
+	ms := func(t time.Time) float64 { return float64(t.Sub(v.cfg.Start).Microseconds()) / 1000 }
+	out := map[string]float64{}
+	if t := v.FirstEntry(); !t.IsZero() {
+		out["first_entry"] = ms(t)
+	}
+	v.bootMu.Lock()
+	for name, t := range v.boot {
+		out[name] = ms(t)
+	}
+	v.bootMu.Unlock()
+	return out
 }

@@ -6,10 +6,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sort"
 	"strings"
 	"time"
 
 	"github.com/govmd/govmd/devices/blk"
+	"github.com/govmd/govmd/devices/console"
+	"github.com/govmd/govmd/devices/fs"
 	vnet "github.com/govmd/govmd/devices/net"
 	"github.com/govmd/govmd/devices/net/netdevice"
 	"github.com/govmd/govmd/devices/net/tap"
@@ -143,9 +146,9 @@ func (v *VM) openNICs() ([]openedNIC, error) {
 	return out, nil
 }
 
-// addPCIDevices adds the NICs, then the disks, then the RNG, in slots 1,
-// 2, ... in command-line order.
-func (v *VM) addPCIDevices(nics []openedNIC, disks []openedDisk) error {
+// addPCIDevices adds the NICs, then the disks, the shares, the
+// virtio-console and the RNG, in slots 1, 2, ... in command-line order.
+func (v *VM) addPCIDevices(nics []openedNIC, disks []openedDisk, shares []openedShare) error {
 	for _, n := range nics {
 		if err := v.addVirtio("nic", n.name, n.dev, n.stats, n.cfg.Transport); err != nil {
 			return fmt.Errorf("--net %s: %w", n.name, err)
@@ -155,6 +158,21 @@ func (v *VM) addPCIDevices(nics []openedNIC, disks []openedDisk) error {
 		stats := func() any { return d.dev.Stats() }
 		if err := v.addVirtio("disk", d.cfg.Path, d.dev, stats, d.cfg.Transport); err != nil {
 			return fmt.Errorf("--disk %s: %w", d.cfg.Path, err)
+		}
+	}
+	for _, sh := range shares {
+		if err := v.addVirtio("fs", sh.tag, sh.dev, sh.stats, pcitransport.Modern); err != nil {
+			return fmt.Errorf("--share %s: %w", sh.tag, err)
+		}
+	}
+	if len(v.cfg.ConsolePorts) > 0 {
+		dev, err := console.New(console.Config{Ports: v.cfg.ConsolePorts, Log: v.log.With("console", 0)})
+		if err != nil {
+			return err
+		}
+		v.closers = append(v.closers, dev.Close)
+		if err := v.addVirtio("console", "virtio-console", dev, func() any { return dev.Stats() }, pcitransport.Modern); err != nil {
+			return fmt.Errorf("virtio-console: %w", err)
 		}
 	}
 	if v.cfg.RNG {
@@ -184,6 +202,18 @@ func (v *VM) LogStats() {
 		kvmExits += vc.KVM["exits"]
 	}
 	v.log.Info("vcpu exits", "counts", v.stats.String(), "kvm_exits", kvmExits)
+	if bt := v.bootTimes(); len(bt) > 0 {
+		names := make([]string, 0, len(bt))
+		for n := range bt {
+			names = append(names, n)
+		}
+		sort.Slice(names, func(i, j int) bool { return bt[names[i]] < bt[names[j]] })
+		var parts []string
+		for _, n := range names {
+			parts = append(parts, fmt.Sprintf("%s=%.1fms", n, bt[n]))
+		}
+		v.log.Info("boot timings", "since_vmm_start", strings.Join(parts, " "))
+	}
 	for _, d := range v.devices {
 		v.log.Info(d.kind+" stats", d.kind, d.index, "name", d.name, "transport_faults", d.tr.Faults(), "stats", fmt.Sprint(d.stats()))
 		v.logRings(d)
@@ -352,4 +382,75 @@ func (r remoteStats) String() string {
 		s += fmt.Sprintf(" backend_error=%q", err.Error())
 	}
 	return s
+}
+
+// openedShare is a share's virtio-fs device: a frontend of its virtiofsd.
+type openedShare struct {
+	tag   string
+	dev   virtio.Device
+	stats func() any
+}
+
+// shareTimeout bounds each exchange with a virtiofsd: the first one waits
+// for it to start and set up its sandbox.
+const shareTimeout = 5 * time.Second
+
+// openShares starts a virtiofsd for every share and connects a frontend
+// to it. A virtiofsd that ends while the VM runs is logged; the device
+// then needs a reset.
+func (v *VM) openShares() ([]openedShare, error) {
+	var out []openedShare
+	for i, sh := range v.cfg.Shares {
+		log := v.log.With("share", sh.Tag)
+		d, err := fs.Start(fs.Config{Share: sh, Virtiofsd: v.cfg.Virtiofsd, ReadOnlyHelper: v.cfg.ShareHelper, Log: log})
+		if err != nil {
+			return nil, fmt.Errorf("%w: --share %s: %w", ErrConfig, sh.Path, err)
+		}
+		v.closers = append(v.closers, func() error { d.Stop(2 * time.Second); return nil })
+		go func() {
+			<-d.Done()
+			if !v.stopping.Load() {
+				log.Error("virtiofsd ended; the share needs a reset", "pid", d.Pid(), "err", d.Err())
+			}
+		}()
+		fe, err := vhostuser.NewFrontend(vhostuser.FrontendConfig{
+			Conn: d.Conn, Mem: v.mem, Type: fs.DeviceType, QueueSizes: fs.QueueSizes,
+			ConfigSize: fs.ConfigSize, Config: fs.ConfigBytes(sh.Tag), Timeout: shareTimeout, Log: log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("--share %s: virtiofsd %s: %w", sh.Path, v.cfg.Virtiofsd, err)
+		}
+		v.closers = append(v.closers, fe.Close)
+		pid := d.Pid()
+		log.Debug("share", "index", i, "path", sh.Path, "ro", sh.ReadOnly, "virtiofsd", v.cfg.Virtiofsd, "pid", pid)
+		out = append(out, openedShare{tag: sh.Tag, dev: fe, stats: func() any { return shareStats{pid: pid, fe: fe} }})
+	}
+	return out, nil
+}
+
+// shareStats are this process's counters of a share (virtiofsd keeps its
+// own).
+type shareStats struct {
+	pid int
+	fe  *vhostuser.Frontend
+}
+
+func (s shareStats) String() string {
+	r := fmt.Sprintf("virtiofsd_pid=%d backend_faults=%d running=%v", s.pid, s.fe.Faults(), s.fe.Running())
+	if err := s.fe.Err(); err != nil {
+		r += fmt.Sprintf(" backend_error=%q", err.Error())
+	}
+	return r
+}
+
+// appendArchive appends a cpio archive to an initrd, padding the initrd
+// with zeros to a multiple of 4 bytes first (Linux looks for the next
+// archive's header at a 4-byte boundary and skips zeros).
+func appendArchive(initrd, archive []byte) []byte {
+	out := make([]byte, 0, len(initrd)+3+len(archive))
+	out = append(out, initrd...)
+	for len(out)%4 != 0 {
+		out = append(out, 0)
+	}
+	return append(out, archive...)
 }

@@ -90,6 +90,10 @@ func (s *exitStats) String() string {
 	return strings.Join(parts, " ")
 }
 
+// ErrGuestCrash marks a Run error that is the guest's own doing: a triple
+// fault (the guest kernel crashed so hard that the CPU reset itself).
+var ErrGuestCrash = errors.New("guest crashed")
+
 // Run starts the vCPUs and device loops and waits until the guest powers
 // off or resets, a vCPU fails, or ctx is canceled. It may be called once.
 func (v *VM) Run(ctx context.Context) (Result, error) {
@@ -269,6 +273,9 @@ func applyEntrySregs(s *kvm.Sregs, e *boot.CPUState) {
 func (v *VM) loop(t *vcpuThread) error {
 	cpu := t.cpu
 	exits := &v.stats.perCPU[t.id]
+	if !v.stopping.Load() {
+		v.firstEntry.CompareAndSwap(0, time.Now().UnixNano())
+	}
 	for {
 		if v.stopping.Load() {
 			if v.endRes == ExitCanceled {
@@ -334,7 +341,7 @@ func (v *VM) loop(t *vcpuThread) error {
 			}
 			return v.vcpuError(t, exit, internalErrorHint(exit, v.prof.pvm))
 		case kvm.ExitShutdown:
-			return v.vcpuError(t, exit, "triple fault: the guest took an exception it could not handle")
+			return fmt.Errorf("%w: %w", ErrGuestCrash, v.vcpuError(t, exit, "triple fault: the guest took an exception it could not handle"))
 		case kvm.ExitHLT:
 			return v.vcpuError(t, exit, "the vCPU halted and KVM returned to the VMM")
 		case kvm.ExitFailEntry:

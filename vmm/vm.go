@@ -86,6 +86,19 @@ type VM struct {
 	sampler  *ripSampler // nil unless cfg.GuestProfile is set
 	closedMu sync.Mutex
 	closed   bool
+
+	firstEntry atomic.Int64 // when a vCPU first entered the guest (Unix ns)
+	bootMu     sync.Mutex
+	boot       map[string]time.Time // MarkBoot's milestones
+}
+
+// FirstEntry returns when a vCPU first entered the guest (KVM_RUN), or
+// the zero time if none has yet.
+func (v *VM) FirstEntry() time.Time {
+	if ns := v.firstEntry.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
 }
 
 // New checks cfg, loads the kernel and builds the VM: guest memory, the
@@ -122,6 +135,9 @@ func New(cfg Config) (_ *VM, err error) {
 		if initrd, err = readImage(cfg.Initrd, "initrd", cfg.loadLimit()); err != nil {
 			return nil, err
 		}
+	}
+	if len(cfg.InitrdAppend) > 0 {
+		initrd = appendArchive(initrd, cfg.InitrdAppend)
 	}
 	ram := ramRanges(cfg.Memory)
 	newMem := memory.New
@@ -176,6 +192,10 @@ func New(cfg Config) (_ *VM, err error) {
 	if err != nil {
 		return nil, err
 	}
+	shares, err := v.openShares()
+	if err != nil {
+		return nil, err
+	}
 
 	// 2. KVM.
 	if v.sys, err = kvm.Open(""); err != nil {
@@ -201,7 +221,7 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := v.addPlatform(); err != nil {
 		return nil, err
 	}
-	if err := v.addPCIDevices(nics, disks); err != nil {
+	if err := v.addPCIDevices(nics, disks, shares); err != nil {
 		return nil, err
 	}
 	return v, nil
