@@ -35,6 +35,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/govmd/govmd/internal/eventfd"
 	"github.com/govmd/govmd/internal/ratelimit"
 	"github.com/govmd/govmd/virtio"
 )
@@ -89,8 +90,9 @@ type Port struct {
 	Name string
 	// Out receives what the guest writes to the port (guest -> host), in
 	// order, from the port's transmit queue worker: the bytes are written
-	// to Out before the buffer is returned to the driver (a Linux console
-	// writer spins until then, so this orders ports against each other).
+	// to Out before the buffer is returned to the driver (a Linux hvc
+	// console writer spins until then; a writer on a named port does not:
+	// see Flush).
 	// Writes to one port's Out are serialized. nil: discarded (counted). A
 	// write error is logged (rate-limited) and the rest of the chain
 	// discarded (counted); the port keeps working. Out should not block
@@ -165,12 +167,54 @@ type port struct {
 	// port (capacity 1).
 	wake chan struct{}
 
+	// Flush's hand-over with the transmit worker: Flush asks with
+	// flushReq and kicks the worker, which stores in flushDone the
+	// request it saw before a drain that emptied the queue.
+	flushReq, flushDone atomic.Uint64
+	txKick              atomic.Pointer[eventfd.EventFD] // while the transmit worker runs
+
 	guestOpen atomic.Bool // the driver's last PORT_OPEN (guest_connected)
 	inEnded   atomic.Bool // In returned EOF or an error
 	c         portCounters
 }
 
 var _ virtio.Device = (*Device)(nil)
+
+// Flush waits until what the guest had made available on the transmit
+// queues of the given ports when Flush was called has been written to
+// their Out, or until timeout. A Linux guest's write(2) to a named port
+// returns once its buffer is queued, before the device has taken it (only
+// the console's writes wait), so queued output of one port may be behind
+// a later write on another: a host that acts on a message on one port
+// (a program's exit status) flushes the others (its output) first. A port
+// whose queue is not running has nothing to flush.
+func (d *Device) Flush(timeout time.Duration, ids ...int) error {
+	deadline := time.Now().Add(timeout)
+	for _, id := range ids {
+		if id < 0 || id >= len(d.ports) {
+			return fmt.Errorf("console: no port %d", id)
+		}
+		p := d.ports[id]
+		want := p.flushReq.Add(1)
+		k := p.txKick.Load()
+		if k == nil {
+			continue
+		}
+		if err := k.Write(); err != nil {
+			return fmt.Errorf("console: port %d: %w", id, err)
+		}
+		for p.flushDone.Load() < want {
+			if p.txKick.Load() == nil {
+				break // the worker stopped (reset)
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("console: port %d: its transmit queue was not drained within %s", id, timeout)
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+	}
+	return nil
+}
 
 // ErrClosed is returned by Activate after Close.
 var ErrClosed = errors.New("console: device closed")

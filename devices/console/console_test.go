@@ -928,3 +928,32 @@ type nopTransport struct{}
 func (nopTransport) Notify(int)       {}
 func (nopTransport) ConfigChanged()   {}
 func (nopTransport) NeedsReset(error) {}
+
+// TestFlush: output the guest made available on a port's transmit queue
+// (here without even a notification) is on the port's Out when Flush
+// returns; a port whose queue is not running flushes at once; a bad port
+// is an error.
+func TestFlush(t *testing.T) {
+	r := &recorder{}
+	cfg := threePorts(r)
+	e := newEnv(t, pcidriver.MSIXModes[0], cfg, true)
+	e.handshake(cfg, 0)
+	for _, s := range []string{"one;", "two;"} {
+		if _, ok := e.rings[txQueue(2)].Add(e.buf([]byte(s), 0, false)); !ok {
+			t.Fatal("queue full")
+		}
+	}
+	if err := e.dev.Flush(wait, 2, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(r.get(), "|"); got != "2:one;|2:two;" {
+		t.Fatalf("after Flush: %q", got)
+	}
+	if err := e.dev.Flush(wait, 9); err == nil {
+		t.Fatal("Flush of a missing port succeeded")
+	}
+	e.drv.Reset()
+	if err := e.dev.Flush(wait, 2); err != nil {
+		t.Fatalf("Flush after a reset: %v", err)
+	}
+}

@@ -101,6 +101,8 @@ func newPortTx(d *Device, p *port, a virtio.Activation, q int) *portTx {
 }
 
 func (w *portTx) run(ctx context.Context) {
+	w.p.txKick.Store(w.kick)
+	defer w.p.txKick.CompareAndSwap(w.kick, nil)
 	virtio.QueueLoop{
 		Name:      w.name,
 		Kick:      w.kick,
@@ -111,7 +113,12 @@ func (w *portTx) run(ctx context.Context) {
 }
 
 func (w *portTx) drain(ctx context.Context) error {
-	return virtio.Drain(ctx, w.q, &w.chain, batchMax, w.serve, w.used.Publish)
+	req := w.p.flushReq.Load()
+	err := virtio.Drain(ctx, w.q, &w.chain, batchMax, w.serve, w.used.Publish)
+	if err == nil {
+		w.p.flushDone.Store(req) // everything made available before req is written
+	}
+	return err
 }
 
 // serve writes one chain's bytes to the port's Out and completes it.
