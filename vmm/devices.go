@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -171,6 +172,7 @@ func (v *VM) addPCIDevices(nics []openedNIC, disks []openedDisk, shares []opened
 			return err
 		}
 		v.closers = append(v.closers, dev.Close)
+		v.console = dev
 		if err := v.addVirtio("console", "virtio-console", dev, func() any { return dev.Stats() }, pcitransport.Modern); err != nil {
 			return fmt.Errorf("virtio-console: %w", err)
 		}
@@ -382,6 +384,16 @@ func (r remoteStats) String() string {
 		s += fmt.Sprintf(" backend_error=%q", err.Error())
 	}
 	return s
+}
+
+// FlushConsole waits until the guest's output on the given ports of the
+// virtio-console (Config.ConsolePorts) that was queued when it was called
+// has reached their writers, or timeout passes (console.Device.Flush).
+func (v *VM) FlushConsole(timeout time.Duration, ports ...int) error {
+	if v.console == nil {
+		return errors.New("vmm: the VM has no virtio-console")
+	}
+	return v.console.Flush(timeout, ports...)
 }
 
 // openedShare is a share's virtio-fs device: a frontend of its virtiofsd.

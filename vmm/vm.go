@@ -16,6 +16,7 @@ import (
 	"github.com/govmd/govmd/acpi"
 	"github.com/govmd/govmd/boot"
 	"github.com/govmd/govmd/bus"
+	"github.com/govmd/govmd/devices/console"
 	"github.com/govmd/govmd/devices/reset"
 	"github.com/govmd/govmd/devices/rtc"
 	"github.com/govmd/govmd/devices/serial"
@@ -69,7 +70,8 @@ type VM struct {
 	entry  boot.CPUState
 	format boot.Format
 
-	devices []*pciDevice // the virtio PCI functions, in slot order
+	devices []*pciDevice    // the virtio PCI functions, in slot order
+	console *console.Device // Config.ConsolePorts' device, if any
 
 	closers []func() error // run in reverse order by Close
 
