@@ -35,10 +35,12 @@ const usage = `usage:
             [--disk PATH[,ro][,serial=ID][,transport=...][,queues=N]]... [--shared-memory]
             [--rng=on|off] [--cpu-profile auto|host|pvm|bare] [--log-level debug|info|warn|error]
             [--guest-profile FILE] [--api-socket PATH]
+            [--share PATH,tag=TAG[,ro]]... [--virtiofsd PATH]
+  govmd exec [the machine's flags of run] [--timeout D] [--boot-timeout D] [--timings] [--console PATH] -- CMD [ARGS...]
   govmd net-device --tap NAME --socket PATH [--mac MAC] [--offload on|csum|off] [--locked] [--user USER]
   govmd version
 
-govmd run --help and govmd net-device --help describe every flag.
+govmd run --help, govmd exec --help and govmd net-device --help describe every flag.
 `
 
 // version is set by the linker (-X main.version=...); otherwise the module
@@ -72,8 +74,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return exitOK
 	case "run":
 		return runVM(args[1:], stdin, stdout, stderr)
+	case "exec":
+		return runExec(args[1:], stdout, stderr)
 	case "net-device":
 		return runNetDevice(args[1:], stdout, stderr)
+	case "share-ro":
+		return runShareRO(args[1:], stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
@@ -112,31 +118,109 @@ type listFlag []string
 func (l *listFlag) String() string     { return strings.Join(*l, " ") }
 func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 
+// vmFlags are the flags govmd run and govmd exec share: the machine.
+type vmFlags struct {
+	cfg      vmm.Config
+	memory   *string
+	logLevel *string
+	confine  bool
+	nets     listFlag
+	disks    listFlag
+	shares   listFlag
+}
+
+// addVMFlags registers the machine's flags on fs; cmdline is the default
+// of --cmdline and what it means.
+func addVMFlags(fs *flag.FlagSet, cmdline, cmdlineHelp, logLevel string) *vmFlags {
+	f := &vmFlags{confine: true}
+	cfg := &f.cfg
+	f.memory = fs.String("memory", "512M", "guest RAM (K, M, G suffixes)")
+	f.logLevel = fs.String("log-level", logLevel, "debug, info, warn or error")
+	fs.StringVar(&cfg.Kernel, "kernel", "", "bzImage or ELF vmlinux (PVH)")
+	fs.StringVar(&cfg.Initrd, "initrd", "", "initramfs")
+	fs.StringVar(&cfg.Cmdline, "cmdline", cmdline, cmdlineHelp)
+	fs.IntVar(&cfg.CPUs, "cpus", 1, "number of vCPUs")
+	fs.TextVar(&cfg.CPUProfile, "cpu-profile", vmm.ProfileAuto, "auto, host, pvm or bare")
+	fs.Var(&f.nets, "net", "virtio-net NIC (repeatable): tap=NAME runs govmd's device in a sandboxed process of its own (sandbox=off: in this process); vhost-user=SOCKET uses the backend listening there")
+	fs.Var(&f.disks, "disk", "virtio-blk disk (repeatable)")
+	fs.Var(&f.shares, "share", "share a host directory with virtio-fs (repeatable): PATH,tag=TAG[,ro]; served by a virtiofsd of its own (--virtiofsd), the guest mounts it with mount -t virtiofs TAG DIR")
+	fs.StringVar(&cfg.Virtiofsd, "virtiofsd", "", "the virtiofsd to run for --share (default: virtiofsd on $PATH, /usr/libexec/virtiofsd, /usr/lib/qemu/virtiofsd)")
+	fs.Var(onOff{&f.confine}, "confine", "once set up, confine govmd's own process: user nobody (when started as root, so no capabilities), no_new_privs, Landlock without file access, a seccomp allowlist (off keeps it as started; --guest-profile implies off)")
+	fs.Var(onOff{&cfg.SharedMemory}, "shared-memory", "guest RAM in a memfd that device processes map (always so with sandboxed or vhost-user NICs and with shares)")
+	cfg.RNG = true
+	fs.Var(onOff{&cfg.RNG}, "rng", "a virtio-rng device: entropy from the host's getrandom(2), at most 64 KiB a request and 8 MiB/s (--rng=off omits it)")
+	return f
+}
+
+// build turns the parsed flags into a VM configuration; its errors wrap
+// vmm.ErrConfig.
+func (f *vmFlags) build(stderr io.Writer) (vmm.Config, error) {
+	cfg := f.cfg
+	m, err := vmm.ParseSize(*f.memory)
+	if err != nil {
+		return cfg, err
+	}
+	if m == 0 {
+		return cfg, fmt.Errorf("%w: --memory must be greater than 0", vmm.ErrConfig)
+	}
+	cfg.Memory = m
+	if cfg.CPUs <= 0 {
+		return cfg, fmt.Errorf("%w: --cpus must be at least 1", vmm.ErrConfig)
+	}
+	for _, s := range f.nets {
+		n, err := vmm.ParseNet(s)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Nets = append(cfg.Nets, n)
+	}
+	for _, s := range f.disks {
+		d, err := vmm.ParseDisk(s)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Disks = append(cfg.Disks, d)
+	}
+	for _, s := range f.shares {
+		sh, err := vmm.ParseShare(s)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Shares = append(cfg.Shares, sh)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*f.logLevel)); err != nil {
+		return cfg, fmt.Errorf("%w: --log-level %q is not debug, info, warn or error", vmm.ErrConfig, *f.logLevel)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return cfg, fmt.Errorf("finding govmd's executable for device processes: %w", err)
+	}
+	cfg.NetDevice = []string{exe, "net-device", "--log-level", *f.logLevel}
+	cfg.ShareHelper = []string{exe, "share-ro"}
+	cfg.Log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	return cfg, nil
+}
+
+// failWith prints err as govmd's one error line and returns its exit
+// status: exitUsage for the user's mistakes, else failure.
+func failWith(stderr io.Writer, err error, failure int) int {
+	fmt.Fprintf(stderr, "govmd: %v\n", err)
+	if errors.Is(err, vmm.ErrConfig) {
+		return exitUsage
+	}
+	return failure
+}
+
 func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
+	vf := addVMFlags(fs, "console=ttyS0", "kernel command line", "info")
 	var (
-		cfg      vmm.Config
-		memory   = fs.String("memory", "512M", "guest RAM (K, M, G suffixes)")
-		console  = fs.String("console", "stdio", "serial console: stdio or a file path")
-		logLevel = fs.String("log-level", "info", "debug, info, warn or error")
-		apiPath  = fs.String("api-socket", "", "serve the control API (HTTP/1.1, JSON) on this unix socket (mode 0600; a stale socket is replaced)")
-		confine  = true
-		nets     listFlag
-		disks    listFlag
+		console = fs.String("console", "stdio", "serial console: stdio or a file path")
+		apiPath = fs.String("api-socket", "", "serve the control API (HTTP/1.1, JSON) on this unix socket (mode 0600; a stale socket is replaced)")
 	)
-	fs.StringVar(&cfg.Kernel, "kernel", "", "bzImage or ELF vmlinux (PVH)")
-	fs.StringVar(&cfg.Initrd, "initrd", "", "initramfs")
-	fs.StringVar(&cfg.Cmdline, "cmdline", "console=ttyS0", "kernel command line")
-	fs.IntVar(&cfg.CPUs, "cpus", 1, "number of vCPUs")
-	fs.TextVar(&cfg.CPUProfile, "cpu-profile", vmm.ProfileAuto, "auto, host, pvm or bare")
-	fs.StringVar(&cfg.GuestProfile, "guest-profile", "", "write where the vCPUs spent their time (RIP sampled every 10 ms, per kernel function) to this file at exit")
-	fs.Var(&nets, "net", "virtio-net NIC (repeatable): tap=NAME runs govmd's device in a sandboxed process of its own (sandbox=off: in this process); vhost-user=SOCKET uses the backend listening there")
-	fs.Var(&disks, "disk", "virtio-blk disk (repeatable)")
-	fs.Var(onOff{&confine}, "confine", "once set up, confine govmd's own process: user nobody (when started as root, so no capabilities), no_new_privs, Landlock without file access, a seccomp allowlist (off keeps it as started; --guest-profile implies off)")
-	fs.Var(onOff{&cfg.SharedMemory}, "shared-memory", "guest RAM in a memfd that device processes map (always so with sandboxed or vhost-user NICs)")
-	cfg.RNG = true
-	fs.Var(onOff{&cfg.RNG}, "rng", "a virtio-rng device: entropy from the host's getrandom(2), at most 64 KiB a request and 8 MiB/s (--rng=off omits it)")
+	fs.StringVar(&vf.cfg.GuestProfile, "guest-profile", "", "write where the vCPUs spent their time (RIP sampled every 10 ms, per kernel function) to this file at exit")
 	if code, ok := parseFlags(fs, args, usage, "govmd", stdout, stderr); !ok {
 		return code
 	}
@@ -144,48 +228,12 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "govmd: unexpected argument %q\n", fs.Arg(0))
 		return exitUsage
 	}
-	fail := func(err error) int {
-		fmt.Fprintf(stderr, "govmd: %v\n", err)
-		if errors.Is(err, vmm.ErrConfig) {
-			return exitUsage
-		}
-		return exitFailure
-	}
-	m, err := vmm.ParseSize(*memory)
+	fail := func(err error) int { return failWith(stderr, err, exitFailure) }
+	cfg, err := vf.build(stderr)
 	if err != nil {
 		return fail(err)
 	}
-	if m == 0 {
-		return fail(fmt.Errorf("%w: --memory must be greater than 0", vmm.ErrConfig))
-	}
-	cfg.Memory = m
-	if cfg.CPUs <= 0 {
-		return fail(fmt.Errorf("%w: --cpus must be at least 1", vmm.ErrConfig))
-	}
-	for _, s := range nets {
-		n, err := vmm.ParseNet(s)
-		if err != nil {
-			return fail(err)
-		}
-		cfg.Nets = append(cfg.Nets, n)
-	}
-	for _, s := range disks {
-		d, err := vmm.ParseDisk(s)
-		if err != nil {
-			return fail(err)
-		}
-		cfg.Disks = append(cfg.Disks, d)
-	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fail(fmt.Errorf("%w: --log-level %q is not debug, info, warn or error", vmm.ErrConfig, *logLevel))
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		return fail(fmt.Errorf("finding govmd's executable for net-device processes: %w", err))
-	}
-	cfg.NetDevice = []string{exe, "net-device", "--log-level", *logLevel}
-	cfg.Log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	confine := vf.confine
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

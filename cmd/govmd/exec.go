@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/govmd/govmd/devices/fs"
+	"github.com/govmd/govmd/vmm/guestexec"
+)
+
+const execUsage = `usage:
+  govmd exec --kernel PATH [--initrd PATH] [--cmdline EXTRA] [--share PATH,tag=TAG[,ro]]...
+             [--net ...]... [--disk ...]... [--timeout DURATION] [--boot-timeout DURATION]
+             [--cpus N] [--memory M] [--console PATH] [--timings] -- CMD [ARGS...]
+
+Boots the guest, runs CMD in it with its stdout and stderr copied to
+govmd's, and exits with CMD's exit status. Shares are mounted at
+/mnt/TAG. govmd's own exit statuses (which CMD's own statuses of the same
+value can only be told apart from by the message govmd prints on stderr):
+  121  the guest kernel panicked or oopsed (or crashed) while CMD ran
+  122  the guest never started CMD (no boot, a crash or panic before it,
+       an init failure, --boot-timeout)
+  123  the guest stopped after starting CMD without reporting its status
+  124  CMD ran longer than --timeout
+  125  the VM failed (govmd or KVM)
+  126  CMD could not be executed, 127 CMD was not found (as in a shell)
+  2    bad usage or input; 130 interrupted
+`
+
+// runExec is govmd exec.
+func runExec(args []string, stdout, stderr io.Writer) int {
+	flags := flag.NewFlagSet("exec", flag.ContinueOnError)
+	flags.SetOutput(io.Discard)
+	vf := addVMFlags(flags, "", "added to the kernel command line govmd exec builds ("+guestexec.BaseCmdline+")", "warn")
+	var (
+		timeout     = flags.Duration("timeout", 0, "stop CMD after it ran this long (0: no limit); exit status 124")
+		bootTimeout = flags.Duration("boot-timeout", guestexec.DefaultBootTimeout, "give up if CMD has not started after this long; exit status 122")
+		timings     = flags.Bool("timings", false, "print the boot timings on stderr: VMM start, first vCPU entry, init reached, CMD started and ended")
+		console     = flags.String("console", "", "write the guest's serial console to this file (default: kept in memory, its end printed when the guest fails)")
+		envs        listFlag
+		dir         = flags.String("dir", "/", "CMD's working directory in the guest")
+	)
+	flags.Var(&envs, "env", "KEY=VALUE in CMD's environment (repeatable; default PATH, HOME=/root, TERM=dumb)")
+	start := time.Now()
+	if code, ok := parseFlags(flags, args, execUsage, "govmd", stdout, stderr); !ok {
+		return code
+	}
+	argv := flags.Args()
+	if len(argv) == 0 {
+		fmt.Fprintln(stderr, "govmd: exec needs a command after --")
+		return exitUsage
+	}
+	fail := func(err error) int { return failWith(stderr, err, guestexec.StatusVMFailure) }
+	cfg, err := vf.build(stderr)
+	if err != nil {
+		return fail(err)
+	}
+	cfg.Start = start
+	if vf.confine {
+		c, err := vmmConfinement("")
+		if err != nil {
+			return fail(err)
+		}
+		cfg.Confine = c
+	}
+	ec := guestexec.Config{VM: cfg, Argv: argv, Env: envs, Dir: *dir, Timeout: *timeout,
+		BootTimeout: *bootTimeout, Stdout: stdout, Stderr: stderr, Log: cfg.Log}
+	if *console != "" {
+		f, err := os.OpenFile(*console, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err != nil {
+			return fail(fmt.Errorf("--console: %w", err))
+		}
+		defer f.Close()
+		ec.Console = f
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	out, err := guestexec.Run(ctx, ec)
+	if err != nil {
+		return fail(err)
+	}
+	if *timings {
+		fmt.Fprintf(stderr, "govmd: timings (ms since the VMM started): %s\n", out.Timings)
+	}
+	if out.Reason != "" {
+		if ctx.Err() != nil {
+			fmt.Fprintln(stderr, "govmd: interrupted")
+			return exitCanceled
+		}
+		fmt.Fprintf(stderr, "govmd: exec: %s (exit status %d)\n", out.Reason, out.Status)
+		if out.Status != guestexec.StatusTimeout && len(out.Console) > 0 {
+			fmt.Fprintf(stderr, "govmd: the end of the guest's console:\n%s\n", lastLines(out.Console, 40))
+		}
+	}
+	return out.Status
+}
+
+// lastLines returns the last n lines of b, each prefixed for the reader.
+func lastLines(b []byte, n int) string {
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return "  | " + strings.Join(lines, "\n  | ")
+}
+
+// runShareRO is the hidden read-only helper of a --share ...,ro:
+// govmd share-ro DIR -- VIRTIOFSD ARGS... (see fs.ExecReadOnly).
+func runShareRO(args []string, stderr io.Writer) int {
+	if len(args) < 3 || args[1] != "--" {
+		fmt.Fprintln(stderr, "govmd: usage: govmd share-ro DIR -- COMMAND [ARGS...] (started by govmd for a read-only --share)")
+		return exitUsage
+	}
+	err := fs.ExecReadOnly(args[0], args[2:])
+	fmt.Fprintf(stderr, "govmd: %v\n", err)
+	return exitFailure
+}
