@@ -1,0 +1,252 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"debug/elf"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// execResult is one govmd exec run: its output, kept apart, and its exit
+// status.
+type execResult struct {
+	stdout, stderr string
+	status         int
+	took           time.Duration
+}
+
+// govmdExec runs govmd exec with the test kernel and initramfs (and the
+// profile's command line) plus args, within limit.
+func govmdExec(t *testing.T, limit time.Duration, args ...string) execResult {
+	t.Helper()
+	requireKVM(t)
+	base := []string{"exec", "--kernel", image(t, "linux/vmlinux"), "--initrd", image(t, "initrd.cpio"),
+		"--memory", "256M", "--cmdline", cmdline(t, "")}
+	return runExecArgs(t, limit, append(base, args...)...)
+}
+
+// runExecArgs runs govmd with args (exec and its flags), within limit.
+func runExecArgs(t *testing.T, limit time.Duration, args ...string) execResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, govmd(t), args...)
+	cmd.WaitDelay = 10 * time.Second
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	t.Logf("govmd %s", strings.Join(args, " "))
+	start := time.Now()
+	err := cmd.Run()
+	r := execResult{stdout: stdout.String(), stderr: stderr.String(), took: time.Since(start)}
+	var ee *exec.ExitError
+	switch {
+	case ctx.Err() != nil:
+		t.Fatalf("govmd exec did not end within %s\nstdout:\n%s\nstderr:\n%s", limit, r.stdout, r.stderr)
+	case errors.As(err, &ee):
+		r.status = ee.ExitCode()
+	case err != nil:
+		t.Fatal(err)
+	}
+	t.Logf("exit status %d after %.1fs", r.status, r.took.Seconds())
+	return r
+}
+
+// TestExec is govmd exec's contract, one boot per case: the command's
+// stdout, stderr and exit status come back apart; a guest panic, a command
+// that outlives --timeout and a kernel that cannot boot each end with
+// their own status within the profile's budget.
+func TestExec(t *testing.T) {
+	p := logProfile(t)
+	budget := p.Boot + p.Step
+	t.Run("status", func(t *testing.T) {
+		r := govmdExec(t, budget, "--timings", "--", "sh", "-c", "echo out; echo err >&2; exit 7")
+		if r.status != 7 || r.stdout != "out\n" || !strings.Contains(r.stderr, "err\n") {
+			t.Fatalf("status %d stdout %q, want 7 and \"out\\n\"; stderr:\n%s", r.status, r.stdout, r.stderr)
+		}
+		if strings.Contains(r.stdout, "err") {
+			t.Errorf("stderr leaked into stdout: %q", r.stdout)
+		}
+		m := regexp.MustCompile(`first_entry=([0-9.]+)ms init=([0-9.]+)ms cmd_start=([0-9.]+)ms cmd_end=([0-9.]+)ms end=([0-9.]+)ms`).FindStringSubmatch(r.stderr)
+		if m == nil {
+			t.Fatalf("no timings line on stderr:\n%s", r.stderr)
+		}
+		prev := 0.0
+		for i, name := range []string{"first_entry", "init", "cmd_start", "cmd_end", "end"} {
+			var v float64
+			fmt.Sscan(m[i+1], &v)
+			if v < prev {
+				t.Errorf("timing %s=%.1fms before the previous one (%.1fms)", name, v, prev)
+			}
+			prev = v
+		}
+	})
+	t.Run("panic", func(t *testing.T) {
+		r := govmdExec(t, budget, "--", "sh", "-c", "echo c > /proc/sysrq-trigger; sleep 600")
+		if r.status != 121 || !strings.Contains(r.stderr, "panicked") || !strings.Contains(r.stderr, "Kernel panic") {
+			t.Fatalf("status %d, want 121 with the panic on stderr:\n%s", r.status, r.stderr)
+		}
+	})
+	t.Run("timeout", func(t *testing.T) {
+		r := govmdExec(t, budget, "--timeout", "2s", "--", "sh", "-c", "sleep 600")
+		if r.status != 124 || !strings.Contains(r.stderr, "--timeout") {
+			t.Fatalf("status %d, want 124:\n%s", r.status, r.stderr)
+		}
+	})
+	t.Run("not-found", func(t *testing.T) {
+		if !full() && p.Name == "pvm" {
+			t.Skip("one boot more on PVM: make e2e")
+		}
+		r := govmdExec(t, budget, "--", "/no/such/command")
+		if r.status != 127 || !strings.Contains(r.stderr, "/no/such/command") {
+			t.Fatalf("status %d, want 127:\n%s", r.status, r.stderr)
+		}
+	})
+	t.Run("no-boot", func(t *testing.T) {
+		// The test kernel with its PVH entry point overwritten by ud2:
+		// the first instruction faults with no IDT, a triple fault.
+		k := brokenKernel(t, image(t, "linux/vmlinux"))
+		r := runExecArgs(t, budget, "exec", "--kernel", k, "--initrd", image(t, "initrd.cpio"), "--memory", "256M", "--", "true")
+		if r.status != 122 || !strings.Contains(r.stderr, "before the command started") {
+			t.Fatalf("status %d, want 122:\n%s", r.status, r.stderr)
+		}
+	})
+}
+
+// brokenKernel copies an ELF vmlinux with ud2 written over the code at its
+// PVH entry point.
+func brokenKernel(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := elf.NewFile(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var entry uint64
+	for _, p := range f.Progs {
+		if p.Type != elf.PT_NOTE {
+			continue
+		}
+		notes := b[p.Off : p.Off+p.Filesz]
+		for len(notes) >= 12 {
+			nsz, dsz, typ := binary.LittleEndian.Uint32(notes), binary.LittleEndian.Uint32(notes[4:]), binary.LittleEndian.Uint32(notes[8:])
+			off := 12 + (nsz+3)&^3
+			desc := notes[off : off+dsz]
+			if typ == 18 && string(notes[12:12+nsz]) == "Xen\x00" { // XEN_ELFNOTE_PHYS32_ENTRY
+				entry = uint64(binary.LittleEndian.Uint32(desc))
+			}
+			notes = notes[off+(dsz+3)&^3:]
+		}
+	}
+	if entry == 0 {
+		t.Fatal("no PVH entry note")
+	}
+	patched := false
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_LOAD && entry >= p.Paddr && entry < p.Paddr+p.Filesz {
+			off := p.Off + entry - p.Paddr
+			for i := uint64(0); i < 64; i += 2 {
+				b[off+i], b[off+i+1] = 0x0f, 0x0b
+			}
+			patched = true
+		}
+	}
+	if !patched {
+		t.Fatal("PVH entry not in a loaded segment")
+	}
+	out := filepath.Join(t.TempDir(), "vmlinux-broken")
+	if err := os.WriteFile(out, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestExecShares shares two host directories (one read-only) with an exec
+// guest: the guest's digest of a 1 MiB host file matches, a file it writes
+// appears on the host, the read-only share refuses writes, and nothing
+// outside the shared directory is reachable through .., symbolic links
+// (absolute and relative) or hard links. Every virtiofsd is gone after.
+func TestExecShares(t *testing.T) {
+	p := logProfile(t)
+	if _, err := exec.LookPath("/usr/lib/qemu/virtiofsd"); err != nil {
+		if _, err := exec.LookPath("virtiofsd"); err != nil {
+			t.Skip("no virtiofsd on this host")
+		}
+	}
+	base := t.TempDir()
+	rw, ro := filepath.Join(base, "rw"), filepath.Join(base, "ro")
+	for _, d := range []string{rw, ro} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	secret := filepath.Join(base, "secret")
+	if err := os.WriteFile(secret, []byte("HOST-SECRET\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	big := pattern(1 << 20)
+	if err := os.WriteFile(filepath.Join(rw, "big"), big, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ro, "keep"), []byte("ro\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for name, target := range map[string]string{"abs": secret, "rel": "../secret", "dots": "../../../../../../" + secret} {
+		if err := os.Symlink(target, filepath.Join(rw, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hash, want := "sha256sum", hexSHA(big)
+	if p.Hash == "crc32" {
+		// sha256sum of 1 MiB is minutes of emulated user code on PVM.
+		hash, want = "crc32", fmt.Sprintf("%08x", crc32.ChecksumIEEE(big))
+	}
+	script := strings.Join([]string{
+		`echo "hash=$(` + hash + ` < /mnt/rw/big)"`,
+		`echo from-guest > /mnt/rw/written && echo write=ok`,
+		`if echo x > /mnt/ro/new 2>/dev/null; then echo ro=writable; else echo ro=refused; fi`,
+		`if rm /mnt/ro/keep 2>/dev/null; then echo rorm=removed; else echo rorm=refused; fi`,
+		`for f in /mnt/rw/../secret /mnt/rw/../../secret /mnt/rw/abs /mnt/rw/rel /mnt/rw/dots; do cat $f 2>/dev/null; done`,
+		`ln /mnt/rw/abs /mnt/rw/hard 2>/dev/null; cat /mnt/rw/hard 2>/dev/null`,
+		`ln /mnt/rw/../secret /mnt/rw/hard2 2>/dev/null; cat /mnt/rw/hard2 2>/dev/null`,
+		`ls -a /mnt/rw/.. /mnt/rw/../.. | tr '\n' ' '; echo`,
+		`echo done`,
+	}, "; ")
+	r := govmdExec(t, p.Boot+2*p.Step, "--share", rw+",tag=rw", "--share", ro+",tag=ro,ro", "--", "sh", "-c", script)
+	t.Logf("guest stdout:\n%s", r.stdout)
+	if r.status != 0 || !strings.Contains(r.stdout, "done\n") {
+		t.Fatalf("status %d:\n%s\n%s", r.status, r.stdout, r.stderr)
+	}
+	for _, w := range []string{"hash=" + want, "write=ok", "ro=refused", "rorm=refused"} {
+		if !strings.Contains(r.stdout, w) {
+			t.Errorf("guest output lacks %q", w)
+		}
+	}
+	if strings.Contains(r.stdout, "HOST-SECRET") {
+		t.Errorf("the guest read a host file outside the share")
+	}
+	if b, err := os.ReadFile(filepath.Join(rw, "written")); err != nil || string(b) != "from-guest\n" {
+		t.Errorf("the guest's file on the host: %q, %v", b, err)
+	}
+	if _, err := os.Stat(filepath.Join(ro, "new")); err == nil {
+		t.Errorf("a file appeared in the read-only share")
+	}
+	if b, _ := os.ReadFile(secret); string(b) != "HOST-SECRET\n" {
+		t.Errorf("the host file outside the share changed: %q", b)
+	}
+	if out, err := exec.Command("pgrep", "-f", "virtiofsd.*"+base).Output(); err == nil {
+		t.Errorf("virtiofsd left running: %s", out)
+	}
+}
