@@ -105,6 +105,16 @@ for name in ip ethtool ping; do
 	for d in bin sbin usr/bin usr/sbin; do ln -sf "/opt/host/$name" "$R/$d/$name"; done
 done
 
+# virtiofsd, for the share tests (govmd exec --share).
+if [ -x /usr/lib/qemu/virtiofsd ]; then
+	mkdir -p "$R/usr/lib/qemu"
+	cp /usr/lib/qemu/virtiofsd "$R/usr/lib/qemu/virtiofsd"
+	for l in $(ldd /usr/lib/qemu/virtiofsd | grep -o '/[^ ]*'); do
+		mkdir -p "$R$(dirname "$l")"
+		cp -L "$l" "$R$l"
+	done
+fi
+
 # QEMU, for the benchmarks that compare govmd with it (NESTED_QEMU=1).
 if [ -n "${NESTED_QEMU:-}" ]; then
 	q=$(readlink -f "$(command -v qemu-system-x86_64)")
