@@ -104,6 +104,10 @@ type Spec struct {
 	Env    []string // "K=V"; nil: [DefaultEnv] (empty, not nil: no variables)
 	Dir    string   // working directory in the guest; "" = "/"
 	Mounts []Mount  // virtiofs shares, mounted in this order before the command starts
+	// Root, if not empty, is the tag of a virtiofs share that becomes the
+	// guest's root before Mounts are mounted: read-only, under an overlay
+	// whose writable layer is a tmpfs (the kernel needs OVERLAY_FS).
+	Root string
 }
 
 // Mount is a virtiofs share the init mounts (creating Dir and its parents).
@@ -122,6 +126,7 @@ func specErr(format string, a ...any) error {
 
 // Archive returns an uncompressed newc cpio archive (with its trailer)
 // holding /govmd/init, /govmd/argv, /govmd/env, /govmd/cwd, /govmd/mounts,
+// /govmd/root,
 // /dev/console and the directories /govmd, /proc, /sys, /dev, /tmp, /mnt,
 // to append to an initramfs. The initramfs before it must be padded with
 // zeros to a multiple of 4 bytes (the kernel looks for the next archive's
@@ -170,6 +175,13 @@ func Archive(s Spec) ([]byte, error) {
 		}
 		fmt.Fprintf(&mounts, "%s %s %s\n", m.Tag, m.Dir, mode)
 	}
+	root := ""
+	if s.Root != "" {
+		if err := (Mount{Tag: s.Root, Dir: "/root-share"}).check(); err != nil {
+			return nil, err
+		}
+		root = s.Root + "\n"
+	}
 	if mounts.Len() > maxMounts {
 		return nil, specErr("%d mounts take %d bytes, more than the init's %d", len(s.Mounts), mounts.Len(), maxMounts)
 	}
@@ -187,6 +199,7 @@ func Archive(s Spec) ([]byte, error) {
 		file("govmd/env", 0o644, env),
 		file("govmd/init", 0o755, initBinary),
 		file("govmd/mounts", 0o644, mounts.Bytes()),
+		file("govmd/root", 0o644, []byte(root)),
 		dirRec("mnt", 0o755),
 		dirRec("proc", 0o755),
 		dirRec("sys", 0o755),

@@ -82,6 +82,7 @@ func TestArchive(t *testing.T) {
 		name                   string
 		spec                   Spec
 		argv, env, cwd, mounts string
+		root                   string
 	}{
 		{
 			name: "minimal",
@@ -103,6 +104,11 @@ func TestArchive(t *testing.T) {
 			env:    "X=a b=c\x00EMPTY=\x00PATH=/opt/bin\x00",
 			cwd:    "/work/sub dir\n",
 			mounts: "work /work rw\nro_data-1 /mnt/data/ünï ro\n",
+		},
+		{
+			name: "root share",
+			spec: Spec{Argv: []string{"uname", "-r"}, Root: "govmd-root"},
+			argv: "uname\x00-r\x00", env: defEnv, cwd: "/\n", root: "govmd-root\n",
 		},
 		{
 			name: "empty environment",
@@ -130,12 +136,12 @@ func TestArchive(t *testing.T) {
 			for k, v := range base {
 				want[k] = v
 			}
-			for k, v := range map[string]string{"argv": tc.argv, "env": tc.env, "cwd": tc.cwd, "mounts": tc.mounts} {
+			for k, v := range map[string]string{"argv": tc.argv, "env": tc.env, "cwd": tc.cwd, "mounts": tc.mounts, "root": tc.root} {
 				want["govmd/"+k] = member{mode: cpio.S_IFREG | 0o644, data: v}
 			}
 			got, names := readArchive(t, b)
 			wantNames := []string{"dev", "dev/console", "govmd", "govmd/argv", "govmd/cwd", "govmd/env",
-				"govmd/init", "govmd/mounts", "mnt", "proc", "sys", "tmp"}
+				"govmd/init", "govmd/mounts", "govmd/root", "mnt", "proc", "sys", "tmp"}
 			if strings.Join(names, " ") != strings.Join(wantNames, " ") {
 				t.Errorf("names %q, want %q", names, wantNames)
 			}
@@ -228,6 +234,8 @@ func TestArchiveRejects(t *testing.T) {
 		spec Spec
 	}{
 		{"no argv", Spec{}},
+		{"root tag with a space", with(func(s *Spec) { s.Root = "a b" })},
+		{"root tag too long", with(func(s *Spec) { s.Root = strings.Repeat("r", 37) })},
 		{"empty argv", with(func(s *Spec) { s.Argv = []string{} })},
 		{"empty command", with(func(s *Spec) { s.Argv = []string{"", "x"} })},
 		{"NUL in argv", with(func(s *Spec) { s.Argv = []string{"echo", "a\x00b"} })},

@@ -12,6 +12,9 @@
  *                  line that it does not name, such as GLIBC_TUNABLES=...)
  *                  (optional; missing: PATH, HOME=/root, TERM=dumb)
  *   /govmd/cwd     its working directory, one line (optional; default /)
+ *   /govmd/root    optional (empty: none), one line: the tag of a virtiofs share that
+ *                  becomes the root (read-only, under an overlay with a
+ *                  tmpfs for writes; /dev, /proc, /sys, /tmp move into it)
  *   /govmd/mounts  virtiofs shares to mount first, lines "TAG DIR ro|rw"
  *                  (optional)
  *
@@ -376,18 +379,79 @@ static void mkdir_p(char *dir) {
 	mkdir(dir, 0755);
 }
 
-/* share mounts the virtiofs shares listed in /govmd/mounts. */
-static void share(void) {
-	static char buf[MAX_MOUNTS + 1];
-	int n = slurp("/govmd/mounts", buf, MAX_MOUNTS);
+/* mountsbuf holds /govmd/mounts, read before a root share hides it. */
+static char mountsbuf[MAX_MOUNTS + 1];
+
+/* readmounts reads /govmd/mounts into mountsbuf (empty if missing). */
+static void readmounts(void) {
+	int n = slurp("/govmd/mounts", mountsbuf, MAX_MOUNTS);
 	if (n == -ENOENT)
-		return;
+		n = 0;
 	if (n < 0) {
 		begin("fail /govmd/mounts: ");
 		puterr(-n);
 		fail();
 	}
-	buf[n] = 0;
+	mountsbuf[n] = 0;
+}
+
+/* failerr reports what failed with errno e and powers off. */
+static __attribute__((noreturn)) void failerr(const char *what, const char *arg, int e) {
+	begin("fail ");
+	put(what);
+	put(arg);
+	put(": ");
+	puterr(e);
+	fail();
+}
+
+/* rootshare makes the virtiofs share tagged in /govmd/root (if any) the
+ * root: read-only, under an overlay whose writable layer is a tmpfs; /dev,
+ * /proc, /sys and /tmp move into it, and the init chroots there. */
+static void rootshare(void) {
+	static char tag[64];
+	static const char *const keep[] = {"/dev", "/proc", "/sys", "/tmp"};
+	static char dir[16];
+	int n = slurp("/govmd/root", tag, sizeof tag - 1);
+	if (n == -ENOENT || n == 0)
+		return; /* no root share */
+	if (n > 0 && tag[n - 1] == '\n')
+		n--;
+	if (n <= 0) {
+		begin("fail /govmd/root: no tag");
+		fail();
+	}
+	tag[n] = 0;
+	mkdir("/.lower", 0755);
+	mkdir("/.rw", 0755);
+	mkdir("/.root", 0755);
+	if (mount(tag, "/.lower", "virtiofs", MS_RDONLY, 0) < 0)
+		failerr("mount root share ", tag, errno);
+	if (mount("tmpfs", "/.rw", "tmpfs", 0, "mode=0755") < 0)
+		failerr("mount tmpfs on ", "/.rw", errno);
+	mkdir("/.rw/upper", 0755);
+	mkdir("/.rw/work", 0755);
+	if (mount("overlay", "/.root", "overlay", 0, "lowerdir=/.lower,upperdir=/.rw/upper,workdir=/.rw/work") < 0)
+		failerr("mount overlay on ", "/.root (CONFIG_OVERLAY_FS?)", errno);
+	for (unsigned i = 0; i < sizeof keep / sizeof keep[0]; i++) {
+		strcpy(dir, "/.root");
+		strcpy(dir + 6, keep[i]);
+		mkdir(dir, 0755);
+		if (mount(keep[i], dir, 0, MS_MOVE, 0) < 0)
+			failerr("move mount to ", dir, errno);
+	}
+	if (chdir("/.root") < 0)
+		failerr("chdir ", "/.root", errno);
+	if (mount(".", "/", 0, MS_MOVE, 0) < 0)
+		failerr("move mount ", "/.root to /", errno);
+	if (chroot(".") < 0)
+		failerr("chroot ", "/.root", errno);
+	chdir("/");
+}
+
+/* share mounts the virtiofs shares listed in /govmd/mounts (mountsbuf). */
+static void share(void) {
+	char *buf = mountsbuf;
 	for (char *l = buf, *next; *l; l = next) {
 		char *f[3];
 		int nf = 0;
@@ -565,6 +629,8 @@ int main(int argc, char **argv, char **kenv) {
 	if (!cwd[0])
 		cwd[0] = '/', cwd[1] = 0;
 
+	readmounts();
+	rootshare();
 	share();
 	if (chdir(cwd) < 0) {
 		int e = errno;
