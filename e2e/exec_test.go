@@ -250,3 +250,54 @@ func TestExecShares(t *testing.T) {
 		t.Errorf("virtiofsd left running: %s", out)
 	}
 }
+
+// TestExecRootShare runs a command from a host directory tree that is the
+// guest's root (--root-share): on PVM, where the guest cannot run the
+// host's 64-bit programs, the test initramfs unpacked into a directory
+// (i386 busybox); elsewhere the host's own root, where `uname -r` prints
+// the guest kernel's release. The guest reads a host file there, and what
+// it writes stays in its overlay.
+func TestExecRootShare(t *testing.T) {
+	p := logProfile(t)
+	if _, err := exec.LookPath("/usr/lib/qemu/virtiofsd"); err != nil {
+		if _, err := exec.LookPath("virtiofsd"); err != nil {
+			t.Skip("no virtiofsd on this host")
+		}
+	}
+	base := []string{"exec", "--kernel", image(t, "linux/vmlinux"), "--memory", "256M", "--cmdline", cmdline(t, "")}
+	if p.Name == "pvm" {
+		dir := t.TempDir()
+		unpack := exec.Command("cpio", "-idm", "--quiet")
+		unpack.Dir = dir
+		f, err := os.Open(image(t, "initrd.cpio"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		unpack.Stdin = f
+		if out, err := unpack.CombinedOutput(); err != nil {
+			t.Fatalf("cpio: %v\n%s", err, out)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "root-marker"), []byte("from-the-host\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r := runExecArgs(t, p.Boot+p.Step, append(base, "--root-share="+dir, "--",
+			"sh", "-c", "cat /root-marker; echo w > /written && cat /written; grep ' / ' /proc/mounts")...)
+		if r.status != 0 || !strings.HasPrefix(r.stdout, "from-the-host\nw\noverlay / overlay ") {
+			t.Fatalf("status %d stdout %q\n%s", r.status, r.stdout, r.stderr)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "written")); err == nil {
+			t.Errorf("the guest's write reached the shared root")
+		}
+		return
+	}
+	b, err := os.ReadFile(image(t, "linux/version"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := strings.Fields(string(b))[2] // "Linux version 6.1.192 ..."
+	r := runExecArgs(t, p.Boot+p.Step, append(base, "--root-share", "--", "uname", "-r")...)
+	if r.status != 0 || strings.TrimSpace(r.stdout) != release {
+		t.Fatalf("status %d, uname -r %q, want %q\n%s", r.status, r.stdout, release, r.stderr)
+	}
+}

@@ -7,18 +7,20 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/govmd/govmd/devices/fs"
+	"github.com/govmd/govmd/vmm"
 	"github.com/govmd/govmd/vmm/guestexec"
 )
 
 const execUsage = `usage:
   govmd exec --kernel PATH [--initrd PATH] [--cmdline EXTRA] [--share PATH,tag=TAG[,ro]]...
              [--net ...]... [--disk ...]... [--timeout DURATION] [--boot-timeout DURATION]
-             [--cpus N] [--memory M] [--console PATH] [--timings] -- CMD [ARGS...]
+             [--cpus N] [--memory M] [--console PATH] [--timings] [--root-share[=DIR]] -- CMD [ARGS...]
 
 Boots the guest, runs CMD in it with its stdout and stderr copied to
 govmd's, and exits with CMD's exit status. Shares are mounted at
@@ -47,6 +49,8 @@ func runExec(args []string, stdout, stderr io.Writer) int {
 		envs        listFlag
 		dir         = flags.String("dir", "/", "CMD's working directory in the guest")
 	)
+	var rootShare optionalPath
+	flags.Var(&rootShare, "root-share", "the guest's root file system is the host's (--root-share) or DIR's (--root-share=DIR), read-only over virtio-fs with a tmpfs overlay for writes, so CMD is any program there (the guest must run the host's programs: not on PVM; its kernel needs VIRTIO_FS and OVERLAY_FS built in)")
 	flags.Var(&envs, "env", "KEY=VALUE in CMD's environment (repeatable; default PATH, HOME=/root, TERM=dumb)")
 	start := time.Now()
 	if code, ok := parseFlags(flags, args, execUsage, "govmd", stdout, stderr); !ok {
@@ -70,7 +74,14 @@ func runExec(args []string, stdout, stderr io.Writer) int {
 		}
 		cfg.Confine = c
 	}
-	ec := guestexec.Config{VM: cfg, Argv: argv, Env: envs, Dir: *dir, Timeout: *timeout,
+	if rootShare.set {
+		p, err := filepath.Abs(rootShare.path)
+		if err != nil {
+			return fail(fmt.Errorf("%w: --root-share: %w", vmm.ErrConfig, err))
+		}
+		rootShare.path = p
+	}
+	ec := guestexec.Config{VM: cfg, Argv: argv, Env: envs, Dir: *dir, RootShare: rootShare.path, Timeout: *timeout,
 		BootTimeout: *bootTimeout, Stdout: stdout, Stderr: stderr, Log: cfg.Log}
 	if *console != "" {
 		f, err := os.OpenFile(*console, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
@@ -101,6 +112,26 @@ func runExec(args []string, stdout, stderr io.Writer) int {
 	}
 	return out.Status
 }
+
+// optionalPath is a flag that is a path, "/" when given without one
+// (--root-share, --root-share=DIR).
+type optionalPath struct {
+	path string
+	set  bool
+}
+
+func (o *optionalPath) String() string { return o.path }
+func (o *optionalPath) Set(s string) error {
+	if s == "true" {
+		s = "/"
+	}
+	if s == "" || s == "false" {
+		return fmt.Errorf("want a directory")
+	}
+	o.path, o.set = s, true
+	return nil
+}
+func (o *optionalPath) IsBoolFlag() bool { return true }
 
 // lastLines returns the last n lines of b, each prefixed for the reader.
 func lastLines(b []byte, n int) string {

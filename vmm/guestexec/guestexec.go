@@ -25,6 +25,7 @@ import (
 
 	"github.com/govmd/govmd/boot/execinit"
 	"github.com/govmd/govmd/devices/console"
+	"github.com/govmd/govmd/devices/fs"
 	"github.com/govmd/govmd/vmm"
 )
 
@@ -69,6 +70,9 @@ const (
 	flushTimeout = 5 * time.Second
 )
 
+// RootTag is the virtio-fs tag of the root share (Config.RootShare).
+const RootTag = "govmd-root"
+
 // panicGrace is how long the run goes on after a panic is seen, so that the
 // rest of the panic message reaches the console.
 const panicGrace = time.Second
@@ -85,6 +89,14 @@ type Config struct {
 	Argv []string
 	Env  []string
 	Dir  string
+	// RootShare, if not empty, is a host directory (govmd exec
+	// --root-share: "/") that becomes the guest's root file system:
+	// shared read-only over virtio-fs, under an overlay with a tmpfs for
+	// writes, so that the command is any program of that tree. The
+	// guest must be able to run its programs (not on PVM, where no
+	// 64-bit user code runs) and its kernel needs VIRTIO_FS and
+	// OVERLAY_FS built in.
+	RootShare string
 	// Timeout bounds the command's run time (0: no bound); BootTimeout
 	// the time until it starts (0: DefaultBootTimeout).
 	Timeout, BootTimeout time.Duration
@@ -160,6 +172,15 @@ func Run(ctx context.Context, cfg Config) (Outcome, error) {
 	spec := execinit.Spec{Argv: cfg.Argv, Env: MergeEnv(execinit.DefaultEnv(), cfg.Env), Dir: cfg.Dir}
 	for _, sh := range cfg.VM.Shares {
 		spec.Mounts = append(spec.Mounts, execinit.Mount{Tag: sh.Tag, Dir: "/mnt/" + sh.Tag, ReadOnly: sh.ReadOnly})
+	}
+	if cfg.RootShare != "" {
+		for _, sh := range cfg.VM.Shares {
+			if sh.Tag == RootTag {
+				return Outcome{}, fmt.Errorf("%w: the tag %s is the root share's", vmm.ErrConfig, RootTag)
+			}
+		}
+		cfg.VM.Shares = append([]fs.Share{{Path: cfg.RootShare, Tag: RootTag, ReadOnly: true}}, cfg.VM.Shares...)
+		spec.Root = RootTag
 	}
 	archive, err := execinit.Archive(spec)
 	if err != nil {
