@@ -81,6 +81,17 @@ func TestBadInput(t *testing.T) {
 		{"unknown command", []string{"start"}, "unknown command"},
 		{"bad log level", []string{"run", "--kernel", kernel, "--log-level", "loud"}, "log-level"},
 		{"api socket path is a file", []string{"run", "--kernel", kernel, "--api-socket", text}, "not a socket"},
+		{"share missing", []string{"run", "--kernel", kernel, "--share", filepath.Join(dir, "nodir") + ",tag=a"}, "no such file"},
+		{"share is a file", []string{"run", "--kernel", kernel, "--share", text + ",tag=a"}, "not a directory"},
+		{"share without tag", []string{"run", "--kernel", kernel, "--share", dir}, "tag=TAG is required"},
+		{"share bad tag", []string{"run", "--kernel", kernel, "--share", dir + ",tag=a/b"}, "tag"},
+		{"share tag twice", []string{"run", "--kernel", kernel, "--share", dir + ",tag=a", "--share", dir + ",tag=a"}, "used by two shares"},
+		{"share without virtiofsd", []string{"run", "--kernel", kernel, "--share", dir + ",tag=a", "--virtiofsd", filepath.Join(dir, "no-virtiofsd")}, "virtiofsd"},
+		{"exec without command", []string{"exec", "--kernel", kernel}, "needs a command"},
+		{"exec bad timeout", []string{"exec", "--kernel", kernel, "--timeout", "soon", "--", "true"}, "flag -timeout"},
+		{"exec share missing", []string{"exec", "--kernel", kernel, "--share", filepath.Join(dir, "nodir") + ",tag=a", "--", "true"}, "no such file"},
+		{"exec root share missing", []string{"exec", "--kernel", kernel, "--root-share=" + filepath.Join(dir, "nodir"), "--", "true"}, "no such file"},
+		{"exec missing kernel", []string{"exec", "--kernel", filepath.Join(dir, "nope"), "--", "true"}, "no such file"},
 		{"api socket in a missing directory", []string{"run", "--kernel", kernel, "--api-socket", filepath.Join(dir, "no", "api.sock")}, "api socket"},
 	}
 	for _, tc := range tests {
