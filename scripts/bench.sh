@@ -73,7 +73,7 @@ fi
 
 if [ "${BENCH_KVM:-1}" != 0 ]; then
 	runs=${BENCH_KVM_RUNS:-5}
-	bench="-test.run=^\$ -test.bench=^(BenchmarkBootReady|BenchmarkGuestBlk|BenchmarkGuestNet)\$ -test.benchtime=${runs}x -test.timeout=170m"
+	bench="-test.run=^\$ -test.bench=^(BenchmarkBootReady|BenchmarkGuestBlk|BenchmarkGuestNet|BenchmarkExecTrue|BenchmarkExecRead)\$ -test.benchtime=${runs}x -test.timeout=170m"
 	if scripts/kvm-usable; then
 		profile=kvm
 		if [ -d /sys/module/kvm_pvm ]; then

@@ -16,6 +16,8 @@ const (
 	bootBench = "BenchmarkBootReady/"
 	blkBench  = "BenchmarkGuestBlk/"
 	netBench  = "BenchmarkGuestNet/"
+	execTrue  = "BenchmarkExecTrue/"
+	execRead  = "BenchmarkExecRead/"
 )
 
 // kvmProfiles are the kinds of KVM host (the e2e host profiles), in the
@@ -197,6 +199,7 @@ func RenderKVM(rs Results, in KVMInfo) string {
 			num(rs.metric(g, "exits/pkt-"+d.key), "%.1f"), num(rs.metric(q, "exits/pkt-"+d.key), "%.1f"))
 	}
 	p("\nRuns that hung or crashed: govmd %s, QEMU %s.\n", hangs(rs, in, g), hangs(rs, in, q))
+	renderExec(p, rs, in)
 	return b.String()
 }
 
@@ -239,4 +242,35 @@ func ReplaceTail(doc, section string) string {
 		doc += "\n"
 	}
 	return doc + section
+}
+
+// renderExec is the govmd exec table (BenchmarkExecTrue, BenchmarkExecRead),
+// left out when the run had neither.
+func renderExec(p func(string, ...any), rs Results, in KVMInfo) {
+	if _, ok := rs[execTrue+"govmd"]; !ok {
+		if _, ok := rs[execRead+"govmd"]; !ok {
+			return
+		}
+	}
+	p("\n#### govmd exec end to end (e2e BenchmarkExecTrue, BenchmarkExecRead)\n\n")
+	p("`govmd exec -- true`, and a command that reads a file from a share (dd bs=1M; 100 MB, 8 MB on\n")
+	p("PVM), from the start of the VMM process to its end, next to QEMU doing the same: -M pc\n")
+	p("with qboot, the same kernel, initramfs with the same init archive appended, command line, and\n")
+	p("the init's ports on virtio-serial, stopped when the init reports the status (govmd stops its\n")
+	p("VM then too); for the share a vhost-user-fs device in front of the same virtiofsd (QEMU's C\n")
+	p("one) and shared memfd RAM on both sides. CPU is the VMM's user and system time with its\n")
+	p("children's (virtiofsd's added for QEMU). Medians over the runs; the target is govmd at 0.5x\n")
+	p("QEMU's time or better.\n\n")
+	p("| command | govmd wall s | QEMU wall s | govmd / QEMU wall | govmd CPU s | QEMU CPU s | govmd / QEMU CPU | runs (govmd, QEMU) | hung (govmd, QEMU) |\n")
+	p("|---|---|---|---|---|---|---|---|---|\n")
+	for _, row := range []struct{ label, name string }{{"true", execTrue}, {"read a file from a share", execRead}} {
+		g, q := row.name+"govmd", row.name+"qemu"
+		if _, ok := rs[g]; !ok {
+			continue
+		}
+		p("| %s | %s | %s | %s | %s | %s | %s | %s, %s | %s, %s |\n", row.label,
+			num(rs.metric(g, "s-wall"), "%.2f"), num(rs.metric(q, "s-wall"), "%.2f"), quot(rs.metric(g, "s-wall"), rs.metric(q, "s-wall")),
+			num(rs.metric(g, "s-cpu"), "%.2f"), num(rs.metric(q, "s-cpu"), "%.2f"), quot(rs.metric(g, "s-cpu"), rs.metric(q, "s-cpu")),
+			num(rs.metric(g, "runs"), "%.0f"), num(rs.metric(q, "runs"), "%.0f"), hangs(rs, in, g), hangs(rs, in, q))
+	}
 }
