@@ -91,7 +91,7 @@ func TestBadInput(t *testing.T) {
 		{"exec bad timeout", []string{"exec", "--kernel", kernel, "--timeout", "soon", "--", "true"}, "flag -timeout"},
 		{"exec share missing", []string{"exec", "--kernel", kernel, "--share", filepath.Join(dir, "nodir") + ",tag=a", "--", "true"}, "no such file"},
 		{"exec root share missing", []string{"exec", "--kernel", kernel, "--root-share=" + filepath.Join(dir, "nodir"), "--", "true"}, "no such file"},
-		{"exec missing kernel", []string{"exec", "--kernel", filepath.Join(dir, "nope"), "--", "true"}, "no such file"},
+		{"exec missing kernel", []string{"exec", "--kernel", filepath.Join(dir, "nope"), "--console", consoleOut, "--", "true"}, "no such file"},
 		{"api socket in a missing directory", []string{"run", "--kernel", kernel, "--api-socket", filepath.Join(dir, "no", "api.sock")}, "api socket"},
 	}
 	for _, tc := range tests {

@@ -5,10 +5,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -84,10 +86,9 @@ func runExec(args []string, stdout, stderr io.Writer) int {
 	ec := guestexec.Config{VM: cfg, Argv: argv, Env: envs, Dir: *dir, RootShare: rootShare.path, Timeout: *timeout,
 		BootTimeout: *bootTimeout, Stdout: stdout, Stderr: stderr, Log: cfg.Log}
 	if *console != "" {
-		f, err := os.OpenFile(*console, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-		if err != nil {
-			return fail(fmt.Errorf("--console: %w", err))
-		}
+		// Created at the guest's first byte, so that bad input leaves no
+		// file behind.
+		f := &lazyFile{path: *console, log: cfg.Log}
 		defer f.Close()
 		ec.Console = f
 	}
@@ -111,6 +112,45 @@ func runExec(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	return out.Status
+}
+
+// lazyFile is a file created when it is first written to. A failure to
+// create or write it is logged once; the writes are then dropped.
+type lazyFile struct {
+	path string
+	log  *slog.Logger
+	mu   sync.Mutex
+	f    *os.File
+	err  error
+}
+
+func (l *lazyFile) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil && l.err == nil {
+		l.f, l.err = os.OpenFile(l.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		if l.err != nil {
+			l.log.Warn("the guest's console file cannot be written", "err", l.err)
+		}
+	}
+	if l.f == nil {
+		return len(p), nil
+	}
+	if _, err := l.f.Write(p); err != nil && l.err == nil {
+		l.err = err
+		l.log.Warn("the guest's console file cannot be written", "err", err)
+	}
+	return len(p), nil
+}
+
+// Close closes the file if it was created.
+func (l *lazyFile) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		return nil
+	}
+	return l.f.Close()
 }
 
 // optionalPath is a flag that is a path, "/" when given without one
