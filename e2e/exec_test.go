@@ -91,9 +91,13 @@ func TestExec(t *testing.T) {
 		}
 	})
 	t.Run("panic", func(t *testing.T) {
-		r := govmdExec(t, budget, "--", "sh", "-c", "echo c > /proc/sysrq-trigger; sleep 600")
+		con := filepath.Join(t.TempDir(), "console.log")
+		r := govmdExec(t, budget, "--console", con, "--", "sh", "-c", "echo c > /proc/sysrq-trigger; sleep 600")
 		if r.status != 121 || !strings.Contains(r.stderr, "panicked") || !strings.Contains(r.stderr, "Kernel panic") {
 			t.Fatalf("status %d, want 121 with the panic on stderr:\n%s", r.status, r.stderr)
+		}
+		if b, err := os.ReadFile(con); err != nil || !strings.Contains(string(b), "Kernel panic - not syncing") {
+			t.Errorf("--console file without the panic: %v\n%s", err, b)
 		}
 	})
 	t.Run("timeout", func(t *testing.T) {
@@ -299,5 +303,26 @@ func TestExecRootShare(t *testing.T) {
 	r := runExecArgs(t, p.Boot+p.Step, append(base, "--root-share", "--", "uname", "-r")...)
 	if r.status != 0 || strings.TrimSpace(r.stdout) != release {
 		t.Fatalf("status %d, uname -r %q, want %q\n%s", r.status, r.stdout, release, r.stderr)
+	}
+}
+
+// TestHVC boots the test guest with govmd run --hvc and console=hvc0 last
+// on its command line: the guest's /dev/console is its virtio-console's
+// port 0, so the agent's lines land in the --hvc file, and the guest
+// powers off with govmd exiting 0.
+func TestHVC(t *testing.T) {
+	p := logProfile(t)
+	hvc := filepath.Join(t.TempDir(), "hvc0.log")
+	r := runExecArgs(t, p.Boot+p.Step, "run", "--kernel", image(t, "linux/vmlinux"), "--initrd", image(t, "initrd.cpio"),
+		"--memory", "256M", "--cmdline", cmdline(t, "govmd.test=ready console=hvc0"), "--console", filepath.Join(t.TempDir(), "serial.log"),
+		"--hvc", hvc)
+	b, err := os.ReadFile(hvc)
+	if r.status != 0 || err != nil {
+		t.Fatalf("status %d, %v\n%s", r.status, err, r.stderr)
+	}
+	for _, want := range []string{"GOVMD-READY", "GOVMD-DONE status=0"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("hvc0 output lacks %q:\n%s", want, b)
+		}
 	}
 }

@@ -169,7 +169,7 @@ func (v *VM) addPCIDevices(nics []openedNIC, disks []openedDisk, shares []opened
 	if len(v.cfg.ConsolePorts) > 0 {
 		dev, err := console.New(console.Config{Ports: v.cfg.ConsolePorts, Log: v.log.With("console", 0)})
 		if err != nil {
-			return err
+			return fmt.Errorf("%w: %w", ErrConfig, err) // the ports' names
 		}
 		v.closers = append(v.closers, dev.Close)
 		v.console = dev

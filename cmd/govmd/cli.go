@@ -16,6 +16,7 @@ import (
 	"syscall"
 
 	"github.com/govmd/govmd/api"
+	vconsole "github.com/govmd/govmd/devices/console"
 	"github.com/govmd/govmd/vmm"
 )
 
@@ -35,7 +36,7 @@ const usage = `usage:
             [--disk PATH[,ro][,serial=ID][,transport=...][,queues=N]]... [--shared-memory]
             [--rng=on|off] [--cpu-profile auto|host|pvm|bare] [--log-level debug|info|warn|error]
             [--guest-profile FILE] [--api-socket PATH]
-            [--share PATH,tag=TAG[,ro]]... [--virtiofsd PATH]
+            [--share PATH,tag=TAG[,ro]]... [--virtiofsd PATH] [--hvc PATH] [--port NAME=PATH]...
   govmd exec [the machine's flags of run] [--timeout D] [--boot-timeout D] [--timings] [--console PATH] -- CMD [ARGS...]
   govmd net-device --tap NAME --socket PATH [--mac MAC] [--offload on|csum|off] [--locked] [--user USER]
   govmd version
@@ -220,6 +221,9 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		console = fs.String("console", "stdio", "serial console: stdio or a file path")
 		apiPath = fs.String("api-socket", "", "serve the control API (HTTP/1.1, JSON) on this unix socket (mode 0600; a stale socket is replaced)")
 	)
+	hvc := fs.String("hvc", "", "add a virtio-console whose port 0 is the guest's hvc0 (boot it with console=hvc0 to use it as its console); what the guest writes there goes to this file (created at the first byte)")
+	var ports listFlag
+	fs.Var(&ports, "port", "a named virtio-console port (repeatable): NAME=PATH; what a guest program writes to the port (/dev/vportNpM, NAME in /sys/class/virtio-ports/vportNpM/name) goes to file PATH (created once the VM is set up)")
 	fs.StringVar(&vf.cfg.GuestProfile, "guest-profile", "", "write where the vCPUs spent their time (RIP sampled every 10 ms, per kernel function) to this file at exit")
 	if code, ok := parseFlags(fs, args, usage, "govmd", stdout, stderr); !ok {
 		return code
@@ -234,6 +238,41 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return fail(err)
 	}
 	confine := vf.confine
+	var lates []*lateFile
+	defer func() {
+		for _, l := range lates {
+			l.Close()
+		}
+	}()
+	late := func(path, flag string) (*lateFile, error) {
+		l, err := newLateFile(path, flag)
+		if err == nil {
+			lates = append(lates, l)
+		}
+		return l, err
+	}
+	if *hvc != "" || len(ports) > 0 {
+		port0 := vconsole.Port{}
+		if *hvc != "" {
+			f, err := late(*hvc, "--hvc")
+			if err != nil {
+				return fail(err)
+			}
+			port0.Out = f
+		}
+		cfg.ConsolePorts = []vconsole.Port{port0}
+		for _, p := range ports {
+			name, path, ok := strings.Cut(p, "=")
+			if !ok || name == "" || path == "" {
+				return fail(fmt.Errorf("%w: --port %q: want NAME=PATH", vmm.ErrConfig, p))
+			}
+			f, err := late(path, "--port")
+			if err != nil {
+				return fail(err)
+			}
+			cfg.ConsolePorts = append(cfg.ConsolePorts, vconsole.Port{Name: name, Out: f})
+		}
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -266,6 +305,9 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return fail(err)
 		}
 		cfg.Confine = c
+	}
+	if len(lates) > 0 {
+		cfg.Confine = openThenConfine(lates, cfg.Confine)
 	}
 	vm, err := vmm.New(cfg)
 	if err != nil {

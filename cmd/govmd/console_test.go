@@ -1,12 +1,14 @@
 package main
 
 import (
+	"errors"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/govmd/govmd/vmm"
 )
 
 func TestEscapeReader(t *testing.T) {
@@ -21,13 +23,21 @@ func TestEscapeReader(t *testing.T) {
 	}
 }
 
-// TestLazyFile: the exec console file exists only once written to, and
-// holds what was written.
-func TestLazyFile(t *testing.T) {
+// TestLateFile: an output file exists only once opened (set-up done),
+// holds what was written after that, and a missing directory is bad input.
+func TestLateFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "console.log")
-	f := &lazyFile{path: path, log: slog.New(slog.DiscardHandler)}
+	f, err := newLateFile(path, "--console")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte("dropped "))
 	if _, err := os.Stat(path); err == nil {
-		t.Fatal("created before the first write")
+		t.Fatal("created before Open")
+	}
+	hook := openThenConfine([]*lateFile{f}, nil)
+	if err := hook(); err != nil {
+		t.Fatal(err)
 	}
 	f.Write([]byte("one "))
 	f.Write([]byte("two\n"))
@@ -37,8 +47,7 @@ func TestLazyFile(t *testing.T) {
 	if b, err := os.ReadFile(path); err != nil || string(b) != "one two\n" {
 		t.Fatalf("file %q, %v", b, err)
 	}
-	bad := &lazyFile{path: filepath.Join(path, "sub"), log: slog.New(slog.DiscardHandler)}
-	if n, err := bad.Write([]byte("x")); n != 1 || err != nil {
-		t.Fatalf("Write to an uncreatable file = %d, %v; want the bytes dropped quietly", n, err)
+	if _, err := newLateFile(filepath.Join(path+".d", "x"), "--console"); !errors.Is(err, vmm.ErrConfig) {
+		t.Fatalf("a missing directory: %v", err)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -86,11 +85,13 @@ func runExec(args []string, stdout, stderr io.Writer) int {
 	ec := guestexec.Config{VM: cfg, Argv: argv, Env: envs, Dir: *dir, RootShare: rootShare.path, Timeout: *timeout,
 		BootTimeout: *bootTimeout, Stdout: stdout, Stderr: stderr, Log: cfg.Log}
 	if *console != "" {
-		// Created at the guest's first byte, so that bad input leaves no
-		// file behind.
-		f := &lazyFile{path: *console, log: cfg.Log}
+		f, err := newLateFile(*console, "--console")
+		if err != nil {
+			return fail(err)
+		}
 		defer f.Close()
 		ec.Console = f
+		ec.VM.Confine = openThenConfine([]*lateFile{f}, ec.VM.Confine)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -114,43 +115,70 @@ func runExec(args []string, stdout, stderr io.Writer) int {
 	return out.Status
 }
 
-// lazyFile is a file created when it is first written to. A failure to
-// create or write it is logged once; the writes are then dropped.
-type lazyFile struct {
+// lateFile is an output file that is created once the VM is set up,
+// right before govmd confines itself (which takes file creation away), so
+// that bad input leaves no file behind. The guest writes nothing before
+// that; a write before Open or after a failed one is dropped.
+type lateFile struct {
 	path string
-	log  *slog.Logger
 	mu   sync.Mutex
 	f    *os.File
-	err  error
 }
 
-func (l *lazyFile) Write(p []byte) (int, error) {
+// newLateFile checks that path's directory exists (a user's mistake is
+// caught with the other bad input) and returns the file, not created yet.
+func newLateFile(path, flag string) (*lateFile, error) {
+	if st, err := os.Stat(filepath.Dir(path)); err != nil || !st.IsDir() {
+		return nil, fmt.Errorf("%w: %s %s: no such directory", vmm.ErrConfig, flag, path)
+	}
+	return &lateFile{path: path}, nil
+}
+
+// Open creates the file.
+func (l *lateFile) Open() error {
+	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	l.f = f
+	l.mu.Unlock()
+	return nil
+}
+
+func (l *lateFile) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.f == nil && l.err == nil {
-		l.f, l.err = os.OpenFile(l.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-		if l.err != nil {
-			l.log.Warn("the guest's console file cannot be written", "err", l.err)
-		}
-	}
 	if l.f == nil {
 		return len(p), nil
 	}
-	if _, err := l.f.Write(p); err != nil && l.err == nil {
-		l.err = err
-		l.log.Warn("the guest's console file cannot be written", "err", err)
-	}
-	return len(p), nil
+	return l.f.Write(p)
 }
 
 // Close closes the file if it was created.
-func (l *lazyFile) Close() error {
+func (l *lateFile) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.f == nil {
 		return nil
 	}
 	return l.f.Close()
+}
+
+// openThenConfine returns the set-up hook (vmm.Config.Confine) that
+// creates files and then runs confine (if not nil).
+func openThenConfine(files []*lateFile, confine func() error) func() error {
+	return func() error {
+		for _, f := range files {
+			if err := f.Open(); err != nil {
+				return err
+			}
+		}
+		if confine != nil {
+			return confine()
+		}
+		return nil
+	}
 }
 
 // optionalPath is a flag that is a path, "/" when given without one
