@@ -331,7 +331,7 @@ func (v *VM) openSandboxedNIC(i int, nc *NetConfig) (openedNIC, error) {
 	}
 	v.closers = append(v.closers, fe.Close)
 	log.Debug("nic", "mac", nc.MAC, "sandbox", true, "pid", p.Pid())
-	return openedNIC{name: name, dev: fe, stats: func() any { return remoteStats{pid: p.Pid(), fe: fe} }}, nil
+	return openedNIC{name: name, dev: fe, stats: func() any { return remoteStats{process: "net_device", pid: p.Pid(), fe: fe} }}, nil
 }
 
 // openVhostUserNIC opens a NIC served by a vhost-user backend listening on
@@ -364,21 +364,22 @@ func (v *VM) openVhostUserNIC(i int, nc *NetConfig) (openedNIC, error) {
 			return openedNIC{}, fmt.Errorf("%w: the backend's MAC is %s, not %s (set it on the backend: govmd net-device --mac)", ErrConfig, net.HardwareAddr(got[:]), nc.MAC)
 		}
 	}
-	return openedNIC{name: nc.VhostUser, dev: fe, stats: func() any { return remoteStats{pid: -1, fe: fe} }}, nil
+	return openedNIC{name: nc.VhostUser, dev: fe, stats: func() any { return remoteStats{fe: fe} }}, nil
 }
 
-// remoteStats are the counters this process has of a NIC served by a
+// remoteStats are the counters this process has of a device served by a
 // backend (the device's own are the backend's: a net-device process logs
-// them at exit).
+// them at exit, virtiofsd keeps its own).
 type remoteStats struct {
-	pid int
-	fe  *vhostuser.Frontend
+	process string // the backend process govmd started ("net_device", "virtiofsd"), "" for none
+	pid     int
+	fe      *vhostuser.Frontend
 }
 
 func (r remoteStats) String() string {
 	s := fmt.Sprintf("backend_faults=%d running=%v", r.fe.Faults(), r.fe.Running())
-	if r.pid >= 0 {
-		s = fmt.Sprintf("net_device_pid=%d ", r.pid) + s
+	if r.process != "" {
+		s = fmt.Sprintf("%s_pid=%d ", r.process, r.pid) + s
 	}
 	if err := r.fe.Err(); err != nil {
 		s += fmt.Sprintf(" backend_error=%q", err.Error())
@@ -435,24 +436,9 @@ func (v *VM) openShares() ([]openedShare, error) {
 		v.closers = append(v.closers, fe.Close)
 		pid := d.Pid()
 		log.Debug("share", "index", i, "path", sh.Path, "ro", sh.ReadOnly, "virtiofsd", v.cfg.Virtiofsd, "pid", pid)
-		out = append(out, openedShare{tag: sh.Tag, dev: fe, stats: func() any { return shareStats{pid: pid, fe: fe} }})
+		out = append(out, openedShare{tag: sh.Tag, dev: fe, stats: func() any { return remoteStats{process: "virtiofsd", pid: pid, fe: fe} }})
 	}
 	return out, nil
-}
-
-// shareStats are this process's counters of a share (virtiofsd keeps its
-// own).
-type shareStats struct {
-	pid int
-	fe  *vhostuser.Frontend
-}
-
-func (s shareStats) String() string {
-	r := fmt.Sprintf("virtiofsd_pid=%d backend_faults=%d running=%v", s.pid, s.fe.Faults(), s.fe.Running())
-	if err := s.fe.Err(); err != nil {
-		r += fmt.Sprintf(" backend_error=%q", err.Error())
-	}
-	return r
 }
 
 // appendArchive appends a cpio archive to an initrd, padding the initrd

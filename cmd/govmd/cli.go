@@ -221,7 +221,7 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		console = fs.String("console", "stdio", "serial console: stdio or a file path")
 		apiPath = fs.String("api-socket", "", "serve the control API (HTTP/1.1, JSON) on this unix socket (mode 0600; a stale socket is replaced)")
 	)
-	hvc := fs.String("hvc", "", "add a virtio-console whose port 0 is the guest's hvc0 (boot it with console=hvc0 to use it as its console); what the guest writes there goes to this file (created at the first byte)")
+	hvc := fs.String("hvc", "", "add a virtio-console whose port 0 is the guest's hvc0 (boot it with console=hvc0 to use it as its console); what the guest writes there goes to this file (created once the VM is set up)")
 	var ports listFlag
 	fs.Var(&ports, "port", "a named virtio-console port (repeatable): NAME=PATH; what a guest program writes to the port (/dev/vportNpM, NAME in /sys/class/virtio-ports/vportNpM/name) goes to file PATH (created once the VM is set up)")
 	fs.StringVar(&vf.cfg.GuestProfile, "guest-profile", "", "write where the vCPUs spent their time (RIP sampled every 10 ms, per kernel function) to this file at exit")
