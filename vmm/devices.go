@@ -319,12 +319,8 @@ func (v *VM) openSandboxedNIC(i int, nc *NetConfig) (openedNIC, error) {
 	}
 	log := v.log.With("nic", i, "tap", name)
 	v.closers = append(v.closers, func() error { p.Stop(2 * backendTimeout); return nil })
-	go func() {
-		<-p.Done()
-		if !v.stopping.Load() {
-			log.Error("net-device process ended; the NIC needs a reset", "pid", p.Pid(), "how", p.Describe())
-		}
-	}()
+	v.reportEnd(p.Done(), log, "net-device process ended; the NIC needs a reset",
+		func() []any { return []any{"pid", p.Pid(), "how", p.Describe()} })
 	fe, err := vhostuser.NewFrontend(v.netFrontendConfig(p.Conn, log))
 	if err != nil {
 		return openedNIC{}, fmt.Errorf("net-device process: %w", err)
@@ -365,6 +361,18 @@ func (v *VM) openVhostUserNIC(i int, nc *NetConfig) (openedNIC, error) {
 		}
 	}
 	return openedNIC{name: nc.VhostUser, dev: fe, stats: func() any { return remoteStats{fe: fe} }}, nil
+}
+
+// reportEnd logs msg with attrs (read then) when done is closed: a device
+// process ended, which leaves its device needing a reset. An end while the
+// VM stops is expected and not logged.
+func (v *VM) reportEnd(done <-chan struct{}, log *slog.Logger, msg string, attrs func() []any) {
+	go func() {
+		<-done
+		if !v.stopping.Load() {
+			log.Error(msg, attrs()...)
+		}
+	}()
 }
 
 // remoteStats are the counters this process has of a device served by a
@@ -420,12 +428,8 @@ func (v *VM) openShares() ([]openedShare, error) {
 			return nil, fmt.Errorf("%w: --share %s: %w", ErrConfig, sh.Path, err)
 		}
 		v.closers = append(v.closers, func() error { d.Stop(2 * time.Second); return nil })
-		go func() {
-			<-d.Done()
-			if !v.stopping.Load() {
-				log.Error("virtiofsd ended; the share needs a reset", "pid", d.Pid(), "err", d.Err())
-			}
-		}()
+		v.reportEnd(d.Done(), log, "virtiofsd ended; the share needs a reset",
+			func() []any { return []any{"pid", d.Pid(), "err", d.Err()} })
 		fe, err := vhostuser.NewFrontend(vhostuser.FrontendConfig{
 			Conn: d.Conn, Mem: v.mem, Type: fs.DeviceType, QueueSizes: fs.QueueSizes,
 			ConfigSize: fs.ConfigSize, Config: fs.ConfigBytes(sh.Tag), Timeout: shareTimeout, Log: log,
