@@ -94,6 +94,7 @@ func TestBadInput(t *testing.T) {
 		{"exec bad timeout", []string{"exec", "--kernel", kernel, "--timeout", "soon", "--", "true"}, "flag -timeout"},
 		{"exec share missing", []string{"exec", "--kernel", kernel, "--share", filepath.Join(dir, "nodir") + ",tag=a", "--", "true"}, "no such file"},
 		{"exec root share missing", []string{"exec", "--kernel", kernel, "--root-share=" + filepath.Join(dir, "nodir"), "--", "true"}, "no such file"},
+		{"exec share with the root share's tag", []string{"exec", "--kernel", kernel, "--root-share=" + dir, "--share", dir + ",tag=govmd-root", "--", "true"}, "used by two shares"},
 		{"exec missing kernel", []string{"exec", "--kernel", filepath.Join(dir, "nope"), "--console", consoleOut, "--", "true"}, "no such file"},
 		{"api socket in a missing directory", []string{"run", "--kernel", kernel, "--api-socket", filepath.Join(dir, "no", "api.sock")}, "api socket"},
 	}

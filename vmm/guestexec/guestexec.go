@@ -174,11 +174,8 @@ func Run(ctx context.Context, cfg Config) (Outcome, error) {
 		spec.Mounts = append(spec.Mounts, execinit.Mount{Tag: sh.Tag, Dir: "/mnt/" + sh.Tag, ReadOnly: sh.ReadOnly})
 	}
 	if cfg.RootShare != "" {
-		for _, sh := range cfg.VM.Shares {
-			if sh.Tag == RootTag {
-				return Outcome{}, fmt.Errorf("%w: the tag %s is the root share's", vmm.ErrConfig, RootTag)
-			}
-		}
+		// A user's share tagged RootTag is refused by vmm's check of
+		// the tags (used by two shares).
 		cfg.VM.Shares = append([]fs.Share{{Path: cfg.RootShare, Tag: RootTag, ReadOnly: true}}, cfg.VM.Shares...)
 		spec.Root = RootTag
 	}
