@@ -146,7 +146,7 @@ func addVMFlags(fs *flag.FlagSet, cmdline, cmdlineHelp, logLevel string) *vmFlag
 	fs.Var(&f.disks, "disk", "virtio-blk disk (repeatable)")
 	fs.Var(&f.shares, "share", "share a host directory with virtio-fs (repeatable): PATH,tag=TAG[,ro]; served by a virtiofsd of its own (--virtiofsd), the guest mounts it with mount -t virtiofs TAG DIR")
 	fs.StringVar(&cfg.Virtiofsd, "virtiofsd", "", "the virtiofsd to run for --share (default: virtiofsd on $PATH, /usr/libexec/virtiofsd, /usr/lib/qemu/virtiofsd)")
-	fs.Var(onOff{&f.confine}, "confine", "once set up, confine govmd's own process: user nobody (when started as root, so no capabilities), no_new_privs, Landlock without file access, a seccomp allowlist (off keeps it as started; --guest-profile implies off)")
+	fs.Var(onOff{&f.confine}, "confine", "once set up, confine govmd's own process: user nobody (when started as root, so no capabilities), no_new_privs, Landlock without file access, a seccomp allowlist (off keeps it as started)")
 	fs.Var(onOff{&cfg.SharedMemory}, "shared-memory", "guest RAM in a memfd that device processes map (always so with sandboxed or vhost-user NICs and with shares)")
 	cfg.RNG = true
 	fs.Var(onOff{&cfg.RNG}, "rng", "a virtio-rng device: entropy from the host's getrandom(2), at most 64 KiB a request and 8 MiB/s (--rng=off omits it)")
@@ -224,7 +224,7 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	hvc := fs.String("hvc", "", "add a virtio-console whose port 0 is the guest's hvc0 (boot it with console=hvc0 to use it as its console); what the guest writes there goes to this file (created once the VM is set up)")
 	var ports listFlag
 	fs.Var(&ports, "port", "a named virtio-console port (repeatable): NAME=PATH; what a guest program writes to the port (/dev/vportNpM, NAME in /sys/class/virtio-ports/vportNpM/name) goes to file PATH (created once the VM is set up)")
-	fs.StringVar(&vf.cfg.GuestProfile, "guest-profile", "", "write where the vCPUs spent their time (RIP sampled every 10 ms, per kernel function) to this file at exit")
+	fs.StringVar(&vf.cfg.GuestProfile, "guest-profile", "", "write where the vCPUs spent their time (RIP sampled every 10 ms, per kernel function) to this file at exit (implies --confine=off)")
 	if code, ok := parseFlags(fs, args, usage, "govmd", stdout, stderr); !ok {
 		return code
 	}
