@@ -112,8 +112,8 @@ func TestAppendArchive(t *testing.T) {
 		{"abcde", "abcde\x00\x00\x00ARCH"},
 		{"ab", "ab\x00\x00ARCH"},
 	} {
-		if got := string(appendArchive([]byte(tc.initrd), []byte("ARCH"))); got != tc.want {
-			t.Errorf("appendArchive(%q) = %q, want %q", tc.initrd, got, tc.want)
+		if got := string(AppendArchive([]byte(tc.initrd), []byte("ARCH"))); got != tc.want {
+			t.Errorf("AppendArchive(%q) = %q, want %q", tc.initrd, got, tc.want)
 		}
 	}
 }

@@ -445,10 +445,10 @@ func (v *VM) openShares() ([]openedShare, error) {
 	return out, nil
 }
 
-// appendArchive appends a cpio archive to an initrd, padding the initrd
+// AppendArchive appends a cpio archive to an initrd, padding the initrd
 // with zeros to a multiple of 4 bytes first (Linux looks for the next
 // archive's header at a 4-byte boundary and skips zeros).
-func appendArchive(initrd, archive []byte) []byte {
+func AppendArchive(initrd, archive []byte) []byte {
 	out := make([]byte, 0, len(initrd)+3+len(archive))
 	out = append(out, initrd...)
 	for len(out)%4 != 0 {

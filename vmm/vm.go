@@ -139,7 +139,7 @@ func New(cfg Config) (_ *VM, err error) {
 		}
 	}
 	if len(cfg.InitrdAppend) > 0 {
-		initrd = appendArchive(initrd, cfg.InitrdAppend)
+		initrd = AppendArchive(initrd, cfg.InitrdAppend)
 	}
 	ram := ramRanges(cfg.Memory)
 	newMem := memory.New
