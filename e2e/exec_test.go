@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/govmd/govmd/devices/fs"
 )
 
 // execResult is one govmd exec run: its output, kept apart, and its exit
@@ -184,11 +186,7 @@ func brokenKernel(t *testing.T, path string) string {
 // (absolute and relative) or hard links. Every virtiofsd is gone after.
 func TestExecShares(t *testing.T) {
 	p := logProfile(t)
-	if _, err := exec.LookPath("/usr/lib/qemu/virtiofsd"); err != nil {
-		if _, err := exec.LookPath("virtiofsd"); err != nil {
-			t.Skip("no virtiofsd on this host")
-		}
-	}
+	requireVirtiofsd(t)
 	base := t.TempDir()
 	rw, ro := filepath.Join(base, "rw"), filepath.Join(base, "ro")
 	for _, d := range []string{rw, ro} {
@@ -263,11 +261,7 @@ func TestExecShares(t *testing.T) {
 // it writes stays in its overlay.
 func TestExecRootShare(t *testing.T) {
 	p := logProfile(t)
-	if _, err := exec.LookPath("/usr/lib/qemu/virtiofsd"); err != nil {
-		if _, err := exec.LookPath("virtiofsd"); err != nil {
-			t.Skip("no virtiofsd on this host")
-		}
-	}
+	requireVirtiofsd(t)
 	base := []string{"exec", "--kernel", image(t, "linux/vmlinux"), "--memory", "256M", "--cmdline", cmdline(t, "")}
 	if p.Name == "pvm" {
 		dir := t.TempDir()
@@ -324,5 +318,13 @@ func TestHVC(t *testing.T) {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("hvc0 output lacks %q:\n%s", want, b)
 		}
+	}
+}
+
+// requireVirtiofsd skips a share test on a host without a virtiofsd that
+// govmd would find.
+func requireVirtiofsd(t *testing.T) {
+	if _, err := fs.FindVirtiofsd(""); err != nil {
+		t.Skip(err)
 	}
 }
