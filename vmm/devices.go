@@ -38,6 +38,7 @@ type pciDevice struct {
 	stats func() any // the device's counters (a Stats value with a String method)
 	tr    *pcitransport.Transport
 	intx  *intxLine
+	link  *vnet.Link // a NIC's link state; nil for other devices and NICs without one
 	slot  int
 }
 
@@ -151,9 +152,19 @@ func (v *VM) openNICs() ([]openedNIC, error) {
 // virtio-console and the RNG, in slots 1, 2, ... in command-line order.
 func (v *VM) addPCIDevices(nics []openedNIC, disks []openedDisk, shares []openedShare) error {
 	for _, n := range nics {
-		if err := v.addVirtio("nic", n.name, n.dev, n.stats, n.cfg.Transport); err != nil {
+		// A link state for the API (PUT /vm/net/{id}/link), where the
+		// device offers VIRTIO_NET_F_STATUS (a vhost-user backend may not).
+		dev := n.dev
+		link, err := vnet.NewLink(n.dev)
+		if err == nil {
+			dev = link
+		} else {
+			v.log.Debug("NIC without link state", "net", n.name, "err", err)
+		}
+		if err := v.addVirtio("nic", n.name, dev, n.stats, n.cfg.Transport); err != nil {
 			return fmt.Errorf("--net %s: %w", n.name, err)
 		}
+		v.devices[len(v.devices)-1].link = link
 	}
 	for _, d := range disks {
 		stats := func() any { return d.dev.Stats() }

@@ -102,6 +102,10 @@ func (v *VM) Run(ctx context.Context) (Result, error) {
 	if !ran {
 		return ExitFailed, errors.New("vmm: Run called twice")
 	}
+	defer func() {
+		v.runEnd.Store(time.Now().UnixNano())
+		close(v.runDone)
+	}()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	v.serveINTx()
@@ -139,6 +143,7 @@ func (v *VM) Run(ctx context.Context) (Result, error) {
 	if setupErr != nil {
 		v.end(ExitFailed, setupErr)
 	}
+	v.runStart.Store(time.Now().UnixNano())
 	close(start)
 	if v.cfg.GuestProfile != "" {
 		v.sampler = newRIPSampler(10 * time.Millisecond)
@@ -282,6 +287,10 @@ func (v *VM) loop(t *vcpuThread) error {
 				v.logStopState(t)
 			}
 			return nil
+		}
+		if v.pauseReq.Load() {
+			v.park()
+			continue
 		}
 		exit, err := cpu.Run()
 		if err != nil {

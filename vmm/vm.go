@@ -35,6 +35,7 @@ const (
 	ExitPowerOff               // the guest powered off (ACPI S5 or a shutdown event)
 	ExitReboot                 // the guest asked for a reset
 	ExitCanceled               // the context was canceled
+	ExitStopped                // Stop (the control API) ended the run
 )
 
 func (r Result) String() string {
@@ -45,6 +46,8 @@ func (r Result) String() string {
 		return "reboot"
 	case ExitCanceled:
 		return "canceled"
+	case ExitStopped:
+		return "stopped"
 	}
 	return "failed"
 }
@@ -89,6 +92,16 @@ type VM struct {
 	closedMu sync.Mutex
 	closed   bool
 
+	// Control (control.go).
+	runStart     atomic.Int64  // when Run started the vCPUs (Unix ns)
+	runEnd       atomic.Int64  // when Run returned (Unix ns)
+	runDone      chan struct{} // closed when Run returns
+	powerPressed atomic.Bool
+	pauseReq     atomic.Bool // mirrors pause.paused for the vCPU loop
+	pauseMu      sync.Mutex
+	pauseCond    *sync.Cond // on pauseMu
+	pause        pauser
+
 	firstEntry atomic.Int64 // when a vCPU first entered the guest (Unix ns)
 	bootMu     sync.Mutex
 	boot       map[string]time.Time // MarkBoot's milestones
@@ -112,7 +125,8 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	v := &VM{cfg: cfg, log: cfg.Log, glog: ratelimit.New(cfg.Log, 10*time.Second, 10), endCh: make(chan struct{})}
+	v := &VM{cfg: cfg, log: cfg.Log, glog: ratelimit.New(cfg.Log, 10*time.Second, 10), endCh: make(chan struct{}), runDone: make(chan struct{})}
+	v.pauseCond = sync.NewCond(&v.pauseMu)
 	v.stats.perCPU = make([]vcpuExits, cfg.CPUs)
 	v.stats.kvm = make([]atomic.Pointer[kvm.Stats], cfg.CPUs)
 	defer func() {
@@ -250,6 +264,8 @@ func (v *VM) acpiConfig() acpi.Config {
 		PMTimer: portPMTimer,
 		SCI:     irqSCI,
 		Serial:  true,
+		// The control API's power button (VM.PowerButton).
+		PowerButton: true,
 		PCI: &acpi.PCIConfig{
 			Mem32: acpi.Window{Base: w.Mem32.Base, Size: w.Mem32.Size},
 			PRT:   prt,
@@ -371,6 +387,7 @@ func (v *VM) end(res Result, err error) {
 		v.stopping.Store(true)
 		close(v.endCh)
 	})
+	v.wakeParked()
 	v.kickAll()
 }
 

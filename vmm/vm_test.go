@@ -183,3 +183,120 @@ func TestRunCanceled(t *testing.T) {
 		t.Fatalf("Run = %v, %v; want canceled", res, err)
 	}
 }
+
+// TestPauseResumeStop pauses a guest that writes to a port in a loop: its
+// I/O exits stop while it is paused and go on after Resume; Stop ends the
+// run with ExitStopped.
+func TestPauseResumeStop(t *testing.T) {
+	kvmAvailable(t)
+	loop := []byte{0xe6, 0x80, 0xeb, 0xfc} // 1: out 0x80, al; jmp 1b
+	vm, err := New(Config{Kernel: writeFile(t, "bzImage", testkernel.BzImage(loop)), Memory: 64 << 20, CPUs: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	if err := vm.Pause(ctx); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("Pause before Run: %v", err)
+	}
+	if s := vm.State(); s != StateCreated {
+		t.Fatalf("state before Run %q", s)
+	}
+	type result struct {
+		res Result
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := vm.Run(ctx)
+		done <- result{res, err}
+	}()
+	ios := func() uint64 {
+		var n uint64
+		for _, c := range vm.Counters().VCPUs {
+			n += c.Exits["IO"]
+		}
+		return n
+	}
+	waitGrow := func(what string) {
+		t.Helper()
+		from := ios()
+		for deadline := time.Now().Add(60 * time.Second); ios() < from+10; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the guest's I/O exits do not grow (%d)", what, ios())
+			}
+		}
+	}
+	waitGrow("running")
+	if s := vm.State(); s != StateRunning {
+		t.Fatalf("state %q, want running", s)
+	}
+	for round := 0; round < 2; round++ {
+		if err := vm.Pause(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := vm.Pause(ctx); err != nil { // a second pause does nothing
+			t.Fatal(err)
+		}
+		if s := vm.State(); s != StatePaused {
+			t.Fatalf("state %q, want paused", s)
+		}
+		before := ios()
+		time.Sleep(300 * time.Millisecond)
+		if after := ios(); after != before {
+			t.Fatalf("paused guest made %d I/O exits", after-before)
+		}
+		if err := vm.Resume(); err != nil {
+			t.Fatal(err)
+		}
+		waitGrow("resumed")
+	}
+	if err := vm.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.res != ExitStopped || r.err != nil {
+		t.Fatalf("Run = %v, %v; want stopped", r.res, r.err)
+	}
+	if s := vm.State(); s != StateStopped {
+		t.Fatalf("state after Run %q", s)
+	}
+	if err := vm.Resume(); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("Resume after the run: %v", err)
+	}
+	if vm.Uptime() <= 0 {
+		t.Error("no uptime")
+	}
+}
+
+// TestPauseThenCancel cancels a paused VM: the parked vCPUs end.
+func TestPauseThenCancel(t *testing.T) {
+	kvmAvailable(t)
+	spin := []byte{0xeb, 0xfe} // jmp .
+	vm, err := New(Config{Kernel: writeFile(t, "bzImage", testkernel.BzImage(spin)), Memory: 64 << 20, CPUs: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan Result, 1)
+	go func() { res, _ := vm.Run(ctx); done <- res }()
+	for vm.State() != StateRunning {
+		time.Sleep(time.Millisecond)
+	}
+	pctx, pcancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer pcancel()
+	if err := vm.Pause(pctx); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	select {
+	case res := <-done:
+		if res != ExitCanceled {
+			t.Fatalf("Run = %v", res)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a paused VM did not end on cancel")
+	}
+}
