@@ -35,13 +35,14 @@ const usage = `usage:
             [,offload=on|off|csum][,locked][,sandbox=on|off]]... [--net vhost-user=SOCKET[,mac=MAC][,transport=...]]...
             [--disk PATH[,ro][,serial=ID][,transport=...][,queues=N]]... [--shared-memory]
             [--rng=on|off] [--cpu-profile auto|host|pvm|bare] [--log-level debug|info|warn|error]
-            [--guest-profile FILE] [--api-socket PATH]
+            [--guest-profile FILE] [--api-socket PATH] [--config FILE]
             [--share PATH,tag=TAG[,ro]]... [--virtiofsd PATH] [--hvc PATH] [--port NAME=PATH]...
   govmd exec [the machine's flags of run] [--timeout D] [--boot-timeout D] [--timings] [--console PATH] -- CMD [ARGS...]
+  govmd ctl --api-socket PATH [--json] status|config|counters|metrics|pause|resume|power-button|stop|link NIC up|down
   govmd net-device --tap NAME --socket PATH [--mac MAC] [--offload on|csum|off] [--locked] [--user USER]
   govmd version
 
-govmd run --help, govmd exec --help and govmd net-device --help describe every flag.
+govmd run --help, govmd exec --help, govmd ctl --help and govmd net-device --help describe every flag.
 `
 
 // version is set by the linker (-X main.version=...); otherwise the module
@@ -77,6 +78,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return runVM(args[1:], stdin, stdout, stderr)
 	case "exec":
 		return runExec(args[1:], stdout, stderr)
+	case "ctl":
+		return runCtl(args[1:], stdout, stderr)
 	case "net-device":
 		return runNetDevice(args[1:], stdout, stderr)
 	case "share-ro":
@@ -213,18 +216,30 @@ func failWith(stderr io.Writer, err error, failure int) int {
 	return failure
 }
 
-func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+// runOpts are govmd run's flags beyond the machine's.
+type runOpts struct {
+	vf                                *vmFlags
+	console, apiPath, hvc, configPath *string
+	ports                             *listFlag
+}
+
+// runFlags returns govmd run's flag set.
+func runFlags() (*flag.FlagSet, *runOpts) {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	vf := addVMFlags(fs, "console=ttyS0", "kernel command line", "info")
-	var (
-		console = fs.String("console", "stdio", "serial console: stdio or a file path")
-		apiPath = fs.String("api-socket", "", "serve the control API (HTTP/1.1, JSON) on this unix socket (mode 0600; a stale socket is replaced)")
-	)
-	hvc := fs.String("hvc", "", "add a virtio-console whose port 0 is the guest's hvc0 (boot it with console=hvc0 to use it as its console); what the guest writes there goes to this file (created once the VM is set up)")
-	var ports listFlag
-	fs.Var(&ports, "port", "a named virtio-console port (repeatable): NAME=PATH; what a guest program writes to the port (/dev/vportNpM, NAME in /sys/class/virtio-ports/vportNpM/name) goes to file PATH (created once the VM is set up)")
-	fs.StringVar(&vf.cfg.GuestProfile, "guest-profile", "", "write where the vCPUs spent their time (RIP sampled every 10 ms, per kernel function) to this file at exit (implies --confine=off)")
+	o := &runOpts{vf: addVMFlags(fs, "console=ttyS0", "kernel command line", "info"), ports: &listFlag{}}
+	o.console = fs.String("console", "stdio", "serial console: stdio or a file path")
+	o.apiPath = fs.String("api-socket", "", "serve the control API (HTTP/1.1, JSON; docs/openapi.json) on this unix socket (mode 0600; a stale socket is replaced); drive it with govmd ctl")
+	o.hvc = fs.String("hvc", "", "add a virtio-console whose port 0 is the guest's hvc0 (boot it with console=hvc0 to use it as its console); what the guest writes there goes to this file (created once the VM is set up)")
+	fs.Var(o.ports, "port", "a named virtio-console port (repeatable): NAME=PATH; what a guest program writes to the port (/dev/vportNpM, NAME in /sys/class/virtio-ports/vportNpM/name) goes to file PATH (created once the VM is set up)")
+	fs.StringVar(&o.vf.cfg.GuestProfile, "guest-profile", "", "write where the vCPUs spent their time (RIP sampled every 10 ms, per kernel function) to this file at exit (implies --confine=off)")
+	o.configPath = fs.String("config", "", "read the machine's flags from this JSON file (keys: the flags' long names; the schema of GET /vm's config, see README); flags on the command line override it")
+	return fs, o
+}
+
+func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	fs, o := runFlags()
+	vf, console, apiPath, hvc, configPath := o.vf, o.console, o.apiPath, o.hvc, o.configPath
 	if code, ok := parseFlags(fs, args, usage, "govmd", stdout, stderr); !ok {
 		return code
 	}
@@ -233,6 +248,12 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	fail := func(err error) int { return failWith(stderr, err, exitFailure) }
+	if *configPath != "" {
+		if err := applyConfigFile(fs, *configPath); err != nil {
+			return fail(err)
+		}
+	}
+	ports := *o.ports
 	cfg, err := vf.build(stderr)
 	if err != nil {
 		return fail(err)
@@ -318,7 +339,8 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		apiDone := make(chan struct{})
 		go func() {
 			defer close(apiDone)
-			if err := api.NewServer(vm, cfg.Log).Serve(apiCtx, l); err != nil {
+			info := api.Info{Version: versionString(), Config: configOf(fs)}
+			if err := api.NewServer(vm, info, cfg.Log).Serve(apiCtx, l); err != nil {
 				cfg.Log.Error("api socket", "err", err)
 			}
 		}()
@@ -350,6 +372,9 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	case vmm.ExitCanceled:
 		fmt.Fprintln(stderr, "govmd: interrupted")
 		return exitCanceled
+	case vmm.ExitStopped:
+		cfg.Log.Info("stopped through the API")
+		return exitOK
 	}
 	return exitFailure
 }

@@ -38,11 +38,40 @@ func TestBadInput(t *testing.T) {
 			c.Reply(&m, vhostuser.U64(0), time.Now().Add(time.Second))
 		}
 	})
+	apiSock := filepath.Join(dir, "api.sock")
+	busy, err := net.Listen("unix", filepath.Join(dir, "busy.sock")) // another program's socket
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	badField := write("bad-field.json", []byte(`{"kernel": "`+kernel+`", "turbo": true}`))
+	badType := write("bad-type.json", []byte(`{"kernel": "`+kernel+`", "cpus": "two"}`))
+	badList := write("bad-list.json", []byte(`{"kernel": "`+kernel+`", "net": "tap=t0"}`))
+	notJSON := write("not.json", []byte(`kernel = "x"`))
+	twoObjects := write("two.json", []byte(`{"kernel": "`+kernel+`"} {}`))
+	badValue := write("bad-value.json", []byte(`{"kernel": "`+kernel+`", "memory": "lots"}`))
+	apiInFile := write("api.json", []byte(`{"kernel": "`+kernel+`", "api-socket": "/tmp/x.sock"}`))
 	tests := []struct {
 		name string
 		args []string
 		want string
 	}{
+		{"api socket owned by another program", []string{"run", "--kernel", kernel, "--api-socket", filepath.Join(dir, "busy.sock")}, "in use by another process"},
+		{"api socket with a bad disk", []string{"run", "--kernel", kernel, "--api-socket", apiSock, "--disk", odd}, "512"},
+		{"config with an unknown field", []string{"run", "--config", badField}, `unknown field "turbo"`},
+		{"config with a wrong type", []string{"run", "--config", badType}, `field "cpus": want an integer`},
+		{"config with a string for a list", []string{"run", "--config", badList}, `field "net": want an array of strings`},
+		{"config not JSON", []string{"run", "--config", notJSON}, "not a JSON object"},
+		{"config with two objects", []string{"run", "--config", twoObjects}, "data after"},
+		{"config with a bad value", []string{"run", "--config", badValue}, "not a number"},
+		{"config naming the api socket", []string{"run", "--config", apiInFile}, `unknown field "api-socket"`},
+		{"config missing", []string{"run", "--config", filepath.Join(dir, "none.json")}, "no such file"},
+		{"ctl without a socket", []string{"ctl", "status"}, "--api-socket PATH is required"},
+		{"ctl without a command", []string{"ctl", "--api-socket", apiSock}, "no command"},
+		{"ctl unknown command", []string{"ctl", "--api-socket", apiSock, "reboot"}, "unknown command"},
+		{"ctl link without state", []string{"ctl", "--api-socket", apiSock, "link", "0"}, "link NIC up|down"},
+		{"ctl link bad state", []string{"ctl", "--api-socket", apiSock, "link", "0", "sideways"}, "not up or down"},
+		{"ctl extra argument", []string{"ctl", "--api-socket", apiSock, "pause", "now"}, "takes no arguments"},
 		{"no kernel", []string{"run"}, "--kernel is required"},
 		{"not a kernel", []string{"run", "--kernel", text}, "neither a bzImage"},
 		{"truncated bzImage", []string{"run", "--kernel", short}, "truncated"},
@@ -117,6 +146,9 @@ func TestBadInput(t *testing.T) {
 			}
 			if _, err := os.Stat(filepath.Join(dir, "nd.sock")); err == nil {
 				t.Errorf("bad input left the net-device socket behind")
+			}
+			if _, err := os.Stat(apiSock); err == nil {
+				t.Errorf("bad input left the api socket behind")
 			}
 			if kids := children(t); len(kids) > 0 {
 				t.Errorf("bad input left processes behind: %v", kids)
