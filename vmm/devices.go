@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -338,7 +339,9 @@ func (v *VM) openSandboxedNIC(i int, nc *NetConfig) (openedNIC, error) {
 	}
 	v.closers = append(v.closers, fe.Close)
 	log.Debug("nic", "mac", nc.MAC, "sandbox", true, "pid", p.Pid())
-	return openedNIC{name: name, dev: fe, stats: func() any { return remoteStats{process: "net_device", pid: p.Pid(), fe: fe} }}, nil
+	return openedNIC{name: name, dev: fe, stats: func() any {
+		return remoteStats{process: "net_device", pid: p.Pid(), fe: fe, device: p.Stats}
+	}}, nil
 }
 
 // openVhostUserNIC opens a NIC served by a vhost-user backend listening on
@@ -393,6 +396,42 @@ type remoteStats struct {
 	process string // the backend process govmd started ("net_device", "virtiofsd"), "" for none
 	pid     int
 	fe      *vhostuser.Frontend
+	// device, if not nil, asks the backend process for its device's
+	// counters (a net-device process's stats channel).
+	device func(timeout time.Duration) (vnet.Stats, error)
+}
+
+// remoteStatsTimeout bounds a request for a backend process's counters.
+const remoteStatsTimeout = time.Second
+
+// MarshalJSON implements json.Marshaler: the frontend's state and, from a
+// net-device process, its device's counters, at the top level as an
+// in-process NIC has them.
+func (r remoteStats) MarshalJSON() ([]byte, error) {
+	m := map[string]any{}
+	if r.device != nil {
+		st, err := r.device(remoteStatsTimeout)
+		if err != nil {
+			m["device_error"] = err.Error()
+		} else {
+			b, err := json.Marshal(st)
+			if err != nil {
+				return nil, err
+			}
+			if err := json.Unmarshal(b, &m); err != nil {
+				return nil, err
+			}
+		}
+	}
+	m["backend_faults"] = r.fe.Faults()
+	m["backend_running"] = r.fe.Running()
+	if r.process != "" {
+		m[r.process+"_pid"] = r.pid
+	}
+	if err := r.fe.Err(); err != nil {
+		m["backend_error"] = err.Error()
+	}
+	return json.Marshal(m)
 }
 
 func (r remoteStats) String() string {

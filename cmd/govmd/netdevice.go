@@ -28,7 +28,7 @@ confined once the tap is open and the frontend connected.
 func runNetDevice(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("net-device", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	cfg := netdevice.Config{TapFD: -1, SocketFD: -1}
+	cfg := netdevice.Config{TapFD: -1, SocketFD: -1, StatsFD: -1}
 	var mac, logLevel string
 	fs.StringVar(&cfg.Tap, "tap", "", "tap interface to serve (created if missing, removed at exit if created)")
 	fs.StringVar(&cfg.Socket, "socket", "", "unix socket path to listen on for the vhost-user frontend (mode 0600; removed once connected)")
@@ -41,6 +41,7 @@ func runNetDevice(args []string, stdout, stderr io.Writer) int {
 	// socket (not for people).
 	fs.IntVar(&cfg.TapFD, "tap-fd", -1, "an open tap descriptor to take over (set by govmd run)")
 	fs.IntVar(&cfg.SocketFD, "socket-fd", -1, "a connected vhost-user socket descriptor (set by govmd run)")
+	fs.IntVar(&cfg.StatsFD, "stats-fd", -1, "a connected socket descriptor on which to answer govmd run's requests for the device's counters (set by govmd run)")
 	if code, ok := parseFlags(fs, args, netDeviceUsage, "govmd net-device", stdout, stderr); !ok {
 		return code
 	}

@@ -40,6 +40,9 @@ type Config struct {
 	// connected socket to take over (-1: none).
 	Socket   string
 	SocketFD int
+	// StatsFD is a stats channel (a connected socket, see stats.go) to
+	// answer on; 0 or less: none.
+	StatsFD int
 
 	MAC     net.HardwareAddr
 	Offload vnet.OffloadMode
@@ -99,6 +102,18 @@ func Run(ctx context.Context, cfg Config) error {
 	conn, err := connect(ctx, cfg, log)
 	if err != nil {
 		return err
+	}
+	if cfg.StatsFD > 0 {
+		// Before the sandbox: taking over the descriptor makes system
+		// calls the confined process may not.
+		f := os.NewFile(uintptr(cfg.StatsFD), "net-device stats")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			conn.Close()
+			return fmt.Errorf("%w: stats descriptor %d: %w", ErrConfig, cfg.StatsFD, err)
+		}
+		go serveStats(c, dev.Stats)
 	}
 	var violate chan os.Signal
 	if cfg.ViolationSignal != 0 {

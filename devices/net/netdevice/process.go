@@ -13,20 +13,24 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	vnet "github.com/govmd/govmd/devices/net"
 	"github.com/govmd/govmd/virtio/vhostuser"
 )
 
-// Descriptors a started process finds its tap and socket on.
+// Descriptors a started process finds its tap, socket and stats channel
+// on.
 const (
 	ChildTapFD    = 3
 	ChildSocketFD = 4
+	ChildStatsFD  = 5
 )
 
 // Args returns the net-device flags for cfg's MAC, offloads, lock and
-// user, the tap and socket being ChildTapFD and ChildSocketFD.
+// user, the tap, socket and stats channel being ChildTapFD, ChildSocketFD
+// and ChildStatsFD.
 func Args(cfg Config) []string {
 	args := []string{"--tap-fd", fmt.Sprint(ChildTapFD), "--socket-fd", fmt.Sprint(ChildSocketFD),
-		"--offload", cfg.Offload.String()}
+		"--stats-fd", fmt.Sprint(ChildStatsFD), "--offload", cfg.Offload.String()}
 	if cfg.MAC != nil {
 		args = append(args, "--mac", cfg.MAC.String())
 	}
@@ -42,46 +46,79 @@ func Args(cfg Config) []string {
 // Process is a net-device process serving one tap, and the frontend's end
 // of its socket.
 type Process struct {
-	Conn *vhostuser.Conn
-	cmd  *exec.Cmd
+	Conn  *vhostuser.Conn
+	stats *statsClient
+	cmd   *exec.Cmd
 	done chan struct{}
 	err  error // Wait's, once done is closed
 }
 
-// Start runs argv (with env added to this process's environment) as a
-// net-device process that takes over tap and one end of a new socketpair
-// (ChildTapFD and ChildSocketFD), with stderr as its standard error; Conn
-// is the other end. If this process dies, the socket closes and the
-// net-device process ends its session and exits.
-func Start(argv, env []string, tap *os.File, stderr io.Writer) (*Process, error) {
+// socketpair returns the two ends of a new unix stream socketpair.
+func socketpair(name string) (mine, theirs *os.File, err error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("net-device: %w", os.NewSyscallError("socketpair", err))
+		return nil, nil, fmt.Errorf("net-device: %w", os.NewSyscallError("socketpair", err))
 	}
-	mine, theirs := os.NewFile(uintptr(fds[0]), "vhost-user"), os.NewFile(uintptr(fds[1]), "vhost-user")
+	return os.NewFile(uintptr(fds[0]), name), os.NewFile(uintptr(fds[1]), name), nil
+}
+
+// Start runs argv (with env added to this process's environment) as a
+// net-device process that takes over tap, one end of a new socketpair
+// for vhost-user and one for its counters (ChildTapFD, ChildSocketFD,
+// ChildStatsFD), with stderr as its standard error; Conn is the other end
+// of the first, Stats asks on the second. If this process dies, the
+// socket closes and the net-device process ends its session and exits.
+func Start(argv, env []string, tap *os.File, stderr io.Writer) (*Process, error) {
+	mine, theirs, err := socketpair("vhost-user")
+	if err != nil {
+		return nil, err
+	}
 	defer theirs.Close()
+	statsMine, statsTheirs, err := socketpair("net-device stats")
+	if err != nil {
+		mine.Close()
+		return nil, err
+	}
+	defer statsTheirs.Close()
+	defer statsMine.Close()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout = stderr
 	cmd.Stderr = stderr
-	cmd.ExtraFiles = []*os.File{tap, theirs} // descriptors 3 and 4
+	cmd.ExtraFiles = []*os.File{tap, theirs, statsTheirs} // descriptors 3, 4 and 5
 	if err := cmd.Start(); err != nil {
 		mine.Close()
 		return nil, fmt.Errorf("net-device: starting %s: %w", argv[0], err)
 	}
 	c, err := net.FileConn(mine)
 	mine.Close()
+	var sc *statsClient
+	if err == nil {
+		sc, err = newStatsClient(statsMine)
+	}
 	if err != nil {
+		if c != nil {
+			c.Close()
+		}
 		cmd.Process.Kill()
 		cmd.Wait()
 		return nil, fmt.Errorf("net-device: %w", err)
 	}
-	p := &Process{Conn: vhostuser.NewConn(c.(*net.UnixConn)), cmd: cmd, done: make(chan struct{})}
+	p := &Process{Conn: vhostuser.NewConn(c.(*net.UnixConn)), stats: sc, cmd: cmd, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// Stats asks the process for its device's counters, waiting at most
+// timeout. After a failed exchange it fails at once.
+func (p *Process) Stats(timeout time.Duration) (vnet.Stats, error) {
+	if p.stats == nil {
+		return vnet.Stats{}, ErrNoStats
+	}
+	return p.stats.get(timeout)
 }
 
 // Pid returns the process ID.
@@ -120,4 +157,7 @@ func (p *Process) Stop(timeout time.Duration) {
 	}
 	p.cmd.Process.Kill()
 	<-p.done
+	if p.stats != nil {
+		p.stats.Close()
+	}
 }

@@ -123,7 +123,7 @@ func MaybeServeBackend() {
 		return
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	cfg := netdevice.Config{TapFD: netdevice.ChildTapFD, SocketFD: netdevice.ChildSocketFD, Log: log,
+	cfg := netdevice.Config{TapFD: netdevice.ChildTapFD, SocketFD: netdevice.ChildSocketFD, StatsFD: netdevice.ChildStatsFD, Log: log,
 		Locked: os.Getenv(backendLocked) == "1"}
 	if m := os.Getenv(backendMAC); m != "" {
 		cfg.MAC, _ = net.ParseMAC(m)

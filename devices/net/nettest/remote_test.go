@@ -73,6 +73,16 @@ func TestSandboxedProcess(t *testing.T) {
 	}
 	checkEthtool(t, env, tap.OffloadCSUM, "after GUEST_OFFLOADS_SET GUEST_CSUM")
 
+	// The process's live counters, through the stats channel (confined:
+	// the channel works inside the seccomp filter).
+	st, err := r.remote.Process.Stats(5 * time.Second)
+	if err != nil {
+		t.Fatalf("stats: %v", err)
+	}
+	if st.TxPackets == 0 || st.RxPackets == 0 || st.TxBytes < 2<<20 || st.RxBytes < 2<<20 || st.Features != r.nic.Acked {
+		t.Errorf("stats after 2 MiB each way: %v", st)
+	}
+
 	pid := r.remote.Process.Pid()
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
@@ -118,5 +128,8 @@ func TestSandboxedProcess(t *testing.T) {
 	}
 	if r.remote.Frontend.Err() == nil {
 		t.Error("frontend reports no error")
+	}
+	if _, err := r.remote.Process.Stats(time.Second); err == nil {
+		t.Error("stats of a dead process")
 	}
 }
