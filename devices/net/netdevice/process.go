@@ -49,8 +49,8 @@ type Process struct {
 	Conn  *vhostuser.Conn
 	stats *statsClient
 	cmd   *exec.Cmd
-	done chan struct{}
-	err  error // Wait's, once done is closed
+	done  chan struct{}
+	err   error // Wait's, once done is closed
 }
 
 // socketpair returns the two ends of a new unix stream socketpair.

@@ -262,8 +262,11 @@ func cpuTime() time.Duration {
 func BenchmarkLoop(b *testing.B) {
 	for _, c := range loopCases {
 		b.Run(c.name, func(b *testing.B) {
-			b.Run("device", func(b *testing.B) { loopDevice(b, c, false) })
-			b.Run("vhost-user-process", func(b *testing.B) { loopDevice(b, c, true) })
+			b.Run("device", func(b *testing.B) { loopDevice(b, c, false, false) })
+			if c.name == "tso-64KiB" {
+				b.Run("device-api", func(b *testing.B) { loopDevice(b, c, false, true) })
+			}
+			b.Run("vhost-user-process", func(b *testing.B) { loopDevice(b, c, true, false) })
 			b.Run("raw", func(b *testing.B) { loopRaw(b, c) })
 		})
 	}
@@ -271,8 +274,10 @@ func BenchmarkLoop(b *testing.B) {
 
 // loopDevice runs the loop through the device in this process, or with
 // process in a sandboxed net-device process behind vhost-user (as govmd
-// run hosts a NIC by default).
-func loopDevice(b *testing.B, c loopCase, process bool) {
+// run hosts a NIC by default). With apiLoad, the control API serves the
+// device's counters on a unix socket meanwhile, and a client sends it
+// bursts of apiBurst concurrent GET /vm/counters (see startAPILoad).
+func loopDevice(b *testing.B, c loopCase, process, apiLoad bool) {
 	env := loopEnv(b)
 	dev, err := vnet.New(env.TapA, vnet.Config{MAC: testMAC, QueueSize: loopQueueSize})
 	if err != nil {
@@ -322,6 +327,10 @@ func loopDevice(b *testing.B, c loopCase, process bool) {
 	}
 	segs := c.segments()
 	cnt := newLoopCounters()
+	var load *apiLoadGen
+	if apiLoad {
+		load = startAPILoad(b, dev)
+	}
 	var stop atomic.Bool
 	done := make(chan error, 1)
 	go func() {
@@ -358,6 +367,9 @@ func loopDevice(b *testing.B, c loopCase, process bool) {
 		b.Fatal(err)
 	}
 	cnt.report(b, segs)
+	if load != nil {
+		load.report(b, time.Since(cnt.start))
+	}
 	if !process {
 		s := dev.Stats()
 		b.ReportMetric(float64(s.RxNoBuffer)/float64(max(s.RxPackets, 1)), "rxwait/frame")

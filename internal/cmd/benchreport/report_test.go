@@ -262,3 +262,20 @@ func TestRenderKVMSameCmdline(t *testing.T) {
 		t.Errorf("Unfinished = %v", un)
 	}
 }
+
+func TestWithin(t *testing.T) {
+	noise := Summarize([]float64{0.9, 1.5, 2.1})
+	for _, tc := range []struct {
+		vs   []float64
+		want string
+	}{
+		{[]float64{1.2, 1.4, 1.6}, "PASS"},
+		{[]float64{2.5, 2.6, 2.7}, "PASS"}, // faster than the noise is no harm
+		{[]float64{0.5, 0.6, 0.95}, "MISS"},
+		{nil, "NOT RUN"},
+	} {
+		if _, got := within(Summarize(tc.vs), noise); got != tc.want {
+			t.Errorf("within(%v) = %s, want %s", tc.vs, got, tc.want)
+		}
+	}
+}
