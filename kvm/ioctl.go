@@ -181,13 +181,16 @@ func requestName(req uintptr) string {
 
 // RuntimeIoctls are the KVM ioctl requests a VMM makes once its VM is set
 // up and its vCPUs created: running the vCPUs and reading their state
-// (error reports, sampling), interrupts (lines, MSIs, routes, irqfds), and
-// doorbells (ioeventfds follow the guest's BAR programming). A confined
-// VMM allows only these (see internal/sandbox).
+// (error reports, sampling), carrying out an instruction KVM's emulator
+// could not (setting the registers, injecting the exception it raises),
+// interrupts (lines, MSIs, routes, irqfds), and doorbells (ioeventfds
+// follow the guest's BAR programming). A confined VMM allows only these
+// (see internal/sandbox).
 func RuntimeIoctls() []uint64 {
 	return []uint64{
 		kvmRun, kvmGetRegs, kvmGetSregs, kvmTranslate, kvmGetMSRs, kvmGetFPU, kvmGetLAPIC,
 		kvmGetMPState, kvmGetVCPUEvents, kvmGetXSave,
+		kvmSetRegs, kvmSetVCPUEvents,
 		kvmIRQLine, kvmSetGSIRouting, kvmIRQFD, kvmIOEventFD, kvmSignalMSI, kvmGetClock,
 	}
 }
