@@ -1,6 +1,23 @@
 #!/bin/sh
 # /init of the nested-KVM test VM built by scripts/nested.sh.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+# virtiofsd's sandbox (the share tests) pivots its root, which Linux
+# refuses while the root is the initramfs (rootfs, EINVAL): copy it to a
+# tmpfs and switch_root there first (switch_root frees the initramfs).
+if [ -z "${NESTED_SWITCHED:-}" ]; then
+	mount -t proc proc /proc
+	if grep -q '^rootfs / ' /proc/mounts; then
+		mkdir -p /.root
+		mount -t tmpfs -o mode=0755 root /.root
+		for f in /*; do
+			case $f in /proc | /sys | /dev) mkdir -p "/.root$f" ;; *) cp -a "$f" /.root/ ;; esac
+		done
+		umount /proc
+		export NESTED_SWITCHED=1
+		exec switch_root /.root /init
+	fi
+	umount /proc
+fi
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
