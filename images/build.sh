@@ -219,6 +219,8 @@ else
 	for f in vmlinux bzImage config version; do put "$L/$f" "$tmp/linux/$f"; done
 	for f in initrd.cpio initrd.cpio.gz; do put "$I/$f" "$tmp/$f"; done
 	for f in vmlinuz vmlinux initrd.cpio.gz initrd.cpio modules.load-order version; do put "$D/$f" "$tmp/debian/$f"; done
+	mkdir -p "$tmp/debian/modules"
+	for f in "$D"/modules/*.ko; do put "$f" "$tmp/debian/modules/${f##*/}"; done
 	cp "$IMAGES/cmdline" "$IMAGES/cmdline-pvm" "$tmp/"
 	manifest > "$tmp/MANIFEST"
 	{
@@ -254,5 +256,5 @@ printf '  %-28s %6s  %s\n' \
 	linux/bzImage "$(size "$OUT/linux/bzImage")" "same kernel, LZ4 bzImage (build $(cat "$L/build-seconds")s)" \
 	initrd.cpio "$(size "$OUT/initrd.cpio")" "busybox $BB_VER (i386) + agent + gping, ethfeat, blkbench (nolibc)" \
 	debian/vmlinux "$(size "$OUT/debian/vmlinux")" "$DEB_KPKG $DEB_KVER" \
-	debian/initrd.cpio.gz "$(size "$OUT/debian/initrd.cpio.gz")" "+ $(wc -l < "$OUT/debian/modules.load-order") virtio modules"
+	debian/initrd.cpio.gz "$(size "$OUT/debian/initrd.cpio.gz")" "+ $(wc -l < "$OUT/debian/modules.load-order") modules"
 echo "  out: $OUT  cache: $CACHE"

@@ -301,6 +301,11 @@ func imageSize(path, what string, limit int64) (int64, error) {
 
 // readImage reads a kernel or an initrd that imageSize accepts, reading at
 // most limit bytes whatever the file does meanwhile.
+// ReadImage reads a user's file (what names it in errors: "kernel",
+// "--module") of at most limit bytes; a missing, unreadable, oversized or
+// irregular file is an error wrapping ErrConfig.
+func ReadImage(path, what string, limit int64) ([]byte, error) { return readImage(path, what, limit) }
+
 func readImage(path, what string, limit int64) ([]byte, error) {
 	if _, err := imageSize(path, what, limit); err != nil {
 		return nil, err

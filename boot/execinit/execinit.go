@@ -108,7 +108,15 @@ type Spec struct {
 	// guest's root before Mounts are mounted: read-only, under an overlay
 	// whose writable layer is a tmpfs (the kernel needs OVERLAY_FS).
 	Root string
+	// Modules are kernel modules (.ko images) the init loads first, in
+	// this order, as /govmd/modules/000.ko, 001.ko, ...: for a kernel
+	// whose virtio, virtio_console, fuse, virtiofs or overlay drivers are
+	// modules. At most MaxModules.
+	Modules [][]byte
 }
+
+// MaxModules is how many modules the init loads at most.
+const MaxModules = 1000
 
 // Mount is a virtiofs share the init mounts (creating Dir and its parents).
 type Mount struct {
@@ -126,7 +134,7 @@ func specErr(format string, a ...any) error {
 
 // Archive returns an uncompressed newc cpio archive (with its trailer)
 // holding /govmd/init, /govmd/argv, /govmd/env, /govmd/cwd, /govmd/mounts,
-// /govmd/root,
+// /govmd/root, the modules (/govmd/modules/NNN.ko),
 // /dev/console and the directories /govmd, /proc, /sys, /dev, /tmp, /mnt,
 // to append to an initramfs. The initramfs before it must be padded with
 // zeros to a multiple of 4 bytes (the kernel looks for the next archive's
@@ -185,6 +193,9 @@ func Archive(s Spec) ([]byte, error) {
 	if mounts.Len() > maxMounts {
 		return nil, specErr("%d mounts take %d bytes, more than the init's %d", len(s.Mounts), mounts.Len(), maxMounts)
 	}
+	if len(s.Modules) > MaxModules {
+		return nil, specErr("%d modules, more than the init's %d", len(s.Modules), MaxModules)
+	}
 
 	dirRec := func(name string, perm uint64) cpio.Record { return cpio.Directory(name, perm) }
 	file := func(name string, perm uint64, b []byte) cpio.Record {
@@ -198,13 +209,21 @@ func Archive(s Spec) ([]byte, error) {
 		file("govmd/cwd", 0o644, []byte(dir+"\n")),
 		file("govmd/env", 0o644, env),
 		file("govmd/init", 0o755, initBinary),
+	}
+	if len(s.Modules) > 0 {
+		recs = append(recs, dirRec("govmd/modules", 0o755))
+		for i, m := range s.Modules {
+			recs = append(recs, file(fmt.Sprintf("govmd/modules/%03d.ko", i), 0o644, m))
+		}
+	}
+	recs = append(recs,
 		file("govmd/mounts", 0o644, mounts.Bytes()),
 		file("govmd/root", 0o644, []byte(root)),
 		dirRec("mnt", 0o755),
 		dirRec("proc", 0o755),
 		dirRec("sys", 0o755),
 		dirRec("tmp", 0o1777),
-	}
+	)
 	var buf bytes.Buffer
 	w := cpio.Newc.Writer(&buf)
 	for i, r := range recs {

@@ -83,6 +83,7 @@ func TestArchive(t *testing.T) {
 		spec                   Spec
 		argv, env, cwd, mounts string
 		root                   string
+		modules                []string // contents of /govmd/modules/NNN.ko
 	}{
 		{
 			name: "minimal",
@@ -109,6 +110,12 @@ func TestArchive(t *testing.T) {
 			name: "root share",
 			spec: Spec{Argv: []string{"uname", "-r"}, Root: "govmd-root"},
 			argv: "uname\x00-r\x00", env: defEnv, cwd: "/\n", root: "govmd-root\n",
+		},
+		{
+			name: "modules",
+			spec: Spec{Argv: []string{"true"}, Modules: [][]byte{[]byte("virtio\x7fELF"), []byte("fuse"), nil}},
+			argv: "true\x00", env: defEnv, cwd: "/\n",
+			modules: []string{"virtio\x7fELF", "fuse", ""},
 		},
 		{
 			name: "empty environment",
@@ -140,8 +147,17 @@ func TestArchive(t *testing.T) {
 				want["govmd/"+k] = member{mode: cpio.S_IFREG | 0o644, data: v}
 			}
 			got, names := readArchive(t, b)
-			wantNames := []string{"dev", "dev/console", "govmd", "govmd/argv", "govmd/cwd", "govmd/env",
-				"govmd/init", "govmd/mounts", "govmd/root", "mnt", "proc", "sys", "tmp"}
+			wantNames := []string{"dev", "dev/console", "govmd", "govmd/argv", "govmd/cwd", "govmd/env", "govmd/init"}
+			if len(tc.modules) > 0 {
+				want["govmd/modules"] = member{mode: cpio.S_IFDIR | 0o755}
+				wantNames = append(wantNames, "govmd/modules")
+			}
+			for i, m := range tc.modules {
+				name := fmt.Sprintf("govmd/modules/%03d.ko", i)
+				want[name] = member{mode: cpio.S_IFREG | 0o644, data: m}
+				wantNames = append(wantNames, name)
+			}
+			wantNames = append(wantNames, "govmd/mounts", "govmd/root", "mnt", "proc", "sys", "tmp")
 			if strings.Join(names, " ") != strings.Join(wantNames, " ") {
 				t.Errorf("names %q, want %q", names, wantNames)
 			}
@@ -234,6 +250,7 @@ func TestArchiveRejects(t *testing.T) {
 		spec Spec
 	}{
 		{"no argv", Spec{}},
+		{"too many modules", with(func(s *Spec) { s.Modules = make([][]byte, MaxModules+1) })},
 		{"root tag with a space", with(func(s *Spec) { s.Root = "a b" })},
 		{"root tag too long", with(func(s *Spec) { s.Root = strings.Repeat("r", 37) })},
 		{"empty argv", with(func(s *Spec) { s.Argv = []string{} })},
@@ -416,6 +433,7 @@ func TestLimitsMatchSource(t *testing.T) {
 		fmt.Sprintf("{%q, %q, %q}", PortStatus, PortStdout, PortStderr),
 		fmt.Sprintf("static char *default_env[] = {\n\t%q,\n\t%q,\n\t%q,\n\t0,\n};", defaultEnv[0], defaultEnv[1], defaultEnv[2]),
 		`"/govmd/argv"`, `"/govmd/env"`, `"/govmd/cwd"`, `"/govmd/mounts"`,
+		`path[] = "/govmd/modules/000.ko"`, fmt.Sprintf("i < %d; i++", MaxModules),
 	} {
 		if !bytes.Contains(src, []byte(want)) {
 			t.Errorf("src/init.c does not say %q", want)

@@ -125,6 +125,8 @@ func TestBadInput(t *testing.T) {
 		{"exec root share missing", []string{"exec", "--kernel", kernel, "--root-share=" + filepath.Join(dir, "nodir"), "--", "true"}, "no such file"},
 		{"exec share with the root share's tag", []string{"exec", "--kernel", kernel, "--root-share=" + dir, "--share", dir + ",tag=govmd-root", "--", "true"}, "used by two shares"},
 		{"exec missing kernel", []string{"exec", "--kernel", filepath.Join(dir, "nope"), "--console", consoleOut, "--", "true"}, "no such file"},
+		{"exec module missing", []string{"exec", "--kernel", kernel, "--module", filepath.Join(dir, "none.ko"), "--", "true"}, "--module"},
+		{"exec module not ELF", []string{"exec", "--kernel", kernel, "--module", text, "--", "true"}, "not a kernel module"},
 		{"api socket in a missing directory", []string{"run", "--kernel", kernel, "--api-socket", filepath.Join(dir, "no", "api.sock")}, "api socket"},
 	}
 	for _, tc := range tests {

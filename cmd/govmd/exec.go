@@ -21,7 +21,8 @@ import (
 const execUsage = `usage:
   govmd exec --kernel PATH [--initrd PATH] [--cmdline EXTRA] [--share PATH,tag=TAG[,ro]]...
              [--net ...]... [--disk ...]... [--timeout DURATION] [--boot-timeout DURATION]
-             [--cpus N] [--memory M] [--console PATH] [--timings] [--root-share[=DIR]] -- CMD [ARGS...]
+             [--cpus N] [--memory M] [--console PATH] [--timings] [--root-share[=DIR]]
+             [--module FILE.ko]... -- CMD [ARGS...]
 
 Boots the guest, runs CMD in it with its stdout and stderr copied to
 govmd's, and exits with CMD's exit status. Shares are mounted at
@@ -51,7 +52,9 @@ func runExec(args []string, stdout, stderr io.Writer) int {
 		dir         = flags.String("dir", "/", "CMD's working directory in the guest")
 	)
 	var rootShare optionalPath
-	flags.Var(&rootShare, "root-share", "the guest's root file system is the host's (--root-share) or DIR's (--root-share=DIR), read-only over virtio-fs with a tmpfs overlay for writes, so CMD is any program there (the guest must run the host's programs: not on PVM; its kernel needs VIRTIO_FS and OVERLAY_FS built in)")
+	flags.Var(&rootShare, "root-share", "the guest's root file system is the host's (--root-share) or DIR's (--root-share=DIR), read-only over virtio-fs with a tmpfs overlay for writes, so CMD is any program there (the guest must run the host's programs: not on PVM; its kernel needs VIRTIO_FS and OVERLAY_FS, built in or as --module)")
+	var modules listFlag
+	flags.Var(&modules, "module", "a kernel module file (.ko, uncompressed) the guest's init loads before anything else (repeatable, loaded in order, dependencies first): for a kernel whose virtio_pci, virtio_console, fuse, virtiofs or overlay are modules, as Debian's are")
 	flags.Var(&envs, "env", "KEY=VALUE in CMD's environment (repeatable; default PATH, HOME=/root, TERM=dumb)")
 	start := time.Now()
 	if code, ok := parseFlags(flags, args, execUsage, "govmd", stdout, stderr); !ok {
@@ -82,7 +85,7 @@ func runExec(args []string, stdout, stderr io.Writer) int {
 		}
 		rootShare.path = p
 	}
-	ec := guestexec.Config{VM: cfg, Argv: argv, Env: envs, Dir: *dir, RootShare: rootShare.path, Timeout: *timeout,
+	ec := guestexec.Config{VM: cfg, Argv: argv, Env: envs, Dir: *dir, RootShare: rootShare.path, Modules: modules, Timeout: *timeout,
 		BootTimeout: *bootTimeout, Stdout: stdout, Stderr: stderr, Log: cfg.Log}
 	if *console != "" {
 		f, err := newLateFile(*console, "--console")

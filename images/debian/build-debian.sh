@@ -65,5 +65,8 @@ for m in "${order[@]}"; do
 	echo "$f" >> "$stage/lib/modules/load-order"
 done
 cp "$stage/lib/modules/load-order" "$out/modules.load-order"
+# the same modules as host files, for govmd exec --module
+mkdir -p "$out/modules"
+cp "$stage"/lib/modules/*.ko "$out/modules/"
 "$mkinitrd" -root "$stage" -o "$out/initrd.cpio" -gz "$out/initrd.cpio.gz" \
 	-dev /dev/console:c:5:1:0600 -pattern /pattern:65511

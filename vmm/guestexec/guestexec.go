@@ -97,6 +97,11 @@ type Config struct {
 	// 64-bit user code runs) and its kernel needs VIRTIO_FS and
 	// OVERLAY_FS built in.
 	RootShare string
+	// Modules are kernel module files (.ko) the guest's init loads, in
+	// this order, before anything else: for a kernel whose virtio_pci,
+	// virtio_console (which the init needs), fuse, virtiofs or overlay
+	// are modules, such as Debian's.
+	Modules []string
 	// Timeout bounds the command's run time (0: no bound); BootTimeout
 	// the time until it starts (0: DefaultBootTimeout).
 	Timeout, BootTimeout time.Duration
@@ -178,6 +183,18 @@ func Run(ctx context.Context, cfg Config) (Outcome, error) {
 		// the tags (used by two shares).
 		cfg.VM.Shares = append([]fs.Share{{Path: cfg.RootShare, Tag: RootTag, ReadOnly: true}}, cfg.VM.Shares...)
 		spec.Root = RootTag
+	}
+	var total int64
+	for _, m := range cfg.Modules {
+		b, err := vmm.ReadImage(m, "--module", int64(cfg.VM.Memory)-total)
+		if err != nil {
+			return Outcome{}, err
+		}
+		if !bytes.HasPrefix(b, []byte("\x7fELF")) {
+			return Outcome{}, fmt.Errorf("%w: --module %s: not a kernel module (no ELF header; compressed modules are not supported)", vmm.ErrConfig, m)
+		}
+		total += int64(len(b))
+		spec.Modules = append(spec.Modules, b)
 	}
 	archive, err := execinit.Archive(spec)
 	if err != nil {

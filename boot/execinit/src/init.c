@@ -17,9 +17,15 @@
  *                  tmpfs for writes; /dev, /proc, /sys, /tmp move into it)
  *   /govmd/mounts  virtiofs shares to mount first, lines "TAG DIR ro|rw"
  *                  (optional)
+ *   /govmd/modules/000.ko, 001.ko, ...
+ *                  kernel modules to load first, in this order (optional):
+ *                  for a kernel whose virtio, virtio_console, fuse,
+ *                  virtiofs or overlay drivers are modules
  *
  * It mounts devtmpfs on /dev, proc on /proc, sysfs on /sys and tmpfs on
- * /tmp, then finds three virtio-console ports by name (their nodes are
+ * /tmp, loads the modules (finit_module; one already loaded or built in is
+ * fine, one that fails is logged to the kernel console and skipped), then
+ * finds three virtio-console ports by name (their nodes are
  * /dev/vportNpM; they show up after the driver probes the device, so it
  * retries for up to 30 s):
  *
@@ -352,6 +358,41 @@ static void find_ports(void) {
 	fail();
 }
 
+/* ---------------------------------------------------------------- modules */
+
+/* loadmodules loads /govmd/modules/000.ko, 001.ko, ... in order, until
+ * one is missing. A module that fails is logged and skipped: what needs
+ * it fails later with a message of its own (without virtio_console the
+ * host reports that the command never started). */
+static void loadmodules(void) {
+	static char path[] = "/govmd/modules/000.ko";
+	for (int i = 0; i < 1000; i++) {
+		path[15] = '0' + i / 100;
+		path[16] = '0' + i / 10 % 10;
+		path[17] = '0' + i % 10;
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
+			if (errno != ENOENT) {
+				begin("module ");
+				put(path);
+				put(": ");
+				puterr(errno);
+				say();
+			}
+			return;
+		}
+		long r = my_syscall3(__NR_finit_module, fd, "", 0);
+		close(fd);
+		if (r < 0 && r != -EEXIST) {
+			begin("module ");
+			put(path);
+			put(": ");
+			puterr((int)-r);
+			say();
+		}
+	}
+}
+
 /* ---------------------------------------------------------------- mounts */
 
 static void early_mount(const char *src, const char *dir, const char *type) {
@@ -604,6 +645,7 @@ int main(int argc, char **argv, char **kenv) {
 	early_mount("proc", "/proc", "proc");
 	early_mount("sysfs", "/sys", "sysfs");
 	early_mount("tmpfs", "/tmp", "tmpfs");
+	loadmodules();
 
 	find_ports(); /* writes "init" */
 
