@@ -136,7 +136,7 @@ for p in "${PKGS[@]}"; do
 	name=$(echo "${p#./}" | tr / _)
 	go test -c -trimpath -o "$R/tests/$name.test" "$p"
 done
-cp images/out/linux/vmlinux images/out/linux/bzImage "$R/images/linux/"
+cp images/out/linux/vmlinux images/out/linux/bzImage images/out/linux/version "$R/images/linux/"
 cp images/out/initrd.cpio images/out/cmdline images/out/cmdline-pvm "$R/images/"
 # The stock Debian kernel (51 MB) only for the full matrix (TestBootDebian).
 if [ "${GOVMD_E2E:-}" = full ] && [ -d images/out/debian ]; then

@@ -27,6 +27,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -251,11 +252,15 @@ func Start(cfg Config) (*Daemon, error) {
 // on descriptor 3, its namespace sandbox, no cache beyond the default.
 func (cfg Config) argv() ([]string, error) {
 	s := cfg.Share
+	source := s.Path
+	if s.ReadOnly {
+		source = ReadOnlyMount // where the helper mounts s.Path read-only
+	}
 	var argv []string
 	if rustVirtiofsd(cfg.Virtiofsd) {
-		argv = []string{cfg.Virtiofsd, "--fd=3", "--shared-dir=" + s.Path, "--sandbox=namespace", "--log-level=error"}
+		argv = []string{cfg.Virtiofsd, "--fd=3", "--shared-dir=" + source, "--sandbox=namespace", "--log-level=error"}
 	} else {
-		argv = []string{cfg.Virtiofsd, "--fd=3", "-o", "source=" + s.Path, "-o", "sandbox=namespace", "-o", "log_level=err"}
+		argv = []string{cfg.Virtiofsd, "--fd=3", "-o", "source=" + source, "-o", "sandbox=namespace", "-o", "log_level=err"}
 	}
 	if s.ReadOnly {
 		if len(cfg.ReadOnlyHelper) == 0 {
@@ -300,18 +305,42 @@ func (d *Daemon) Stop(timeout time.Duration) {
 	}
 }
 
+// ReadOnlyMount is where the read-only helper mounts a read-only share
+// for virtiofsd, in the helper's own mount namespace: a directory of a
+// tmpfs it mounts on /tmp there. virtiofsd's namespace sandbox pivots its
+// root into its source, which Linux refuses (EBUSY) when the source is
+// "/" itself (govmd exec --root-share), so the source is never the share's
+// own path. A share of "/" shows this /tmp, not the host's: an empty
+// directory "ro".
+const ReadOnlyMount = "/tmp/ro"
+
 // ExecReadOnly is the read-only helper: in the mount namespace it was
-// started in (Config.ReadOnlyHelper runs with one of its own), it
-// bind-mounts dir onto itself read-only and executes argv. It returns
+// started in (Config.ReadOnlyHelper runs with one of its own, private), it
+// clones dir's mount tree (open_tree), mounts a small tmpfs on /tmp,
+// attaches the clone at ReadOnlyMount, makes it read-only and executes argv (virtiofsd, whose source is ReadOnlyMount). It returns
 // only on error.
 func ExecReadOnly(dir string, argv []string) error {
 	if len(argv) == 0 {
 		return errors.New("share-ro: no command")
 	}
-	if err := unix.Mount(dir, dir, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-		return fmt.Errorf("share-ro: bind mount %s: %w", dir, err)
+	// A detached copy of dir's mount tree first: dir may be under /tmp,
+	// which the tmpfs hides next.
+	tree, err := unix.OpenTree(unix.AT_FDCWD, dir, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+	if err != nil {
+		return fmt.Errorf("share-ro: %s: %w", dir, os.NewSyscallError("open_tree", err))
 	}
-	if err := unix.Mount("", dir, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+	tmp := path.Dir(ReadOnlyMount)
+	if err := unix.Mount("govmd-share-ro", tmp, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=16k,mode=0700"); err != nil {
+		return fmt.Errorf("share-ro: tmpfs on %s: %w", tmp, err)
+	}
+	if err := os.Mkdir(ReadOnlyMount, 0o700); err != nil {
+		return fmt.Errorf("share-ro: %w", err)
+	}
+	if err := unix.MoveMount(tree, "", unix.AT_FDCWD, ReadOnlyMount, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("share-ro: attaching %s at %s: %w", dir, ReadOnlyMount, os.NewSyscallError("move_mount", err))
+	}
+	unix.Close(tree)
+	if err := unix.Mount("", ReadOnlyMount, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
 		return fmt.Errorf("share-ro: read-only remount of %s: %w", dir, err)
 	}
 	path, err := exec.LookPath(argv[0])

@@ -81,7 +81,7 @@ func TestArgv(t *testing.T) {
 	}
 	c.ReadOnlyHelper = []string{"/usr/bin/govmd", "share-ro"}
 	got, err = c.argv()
-	if err != nil || !slices.Equal(got[:4], []string{"/usr/bin/govmd", "share-ro", "/srv/x", "--"}) || got[4] != "/bin/false" {
+	if err != nil || !slices.Equal(got[:4], []string{"/usr/bin/govmd", "share-ro", "/srv/x", "--"}) || got[4] != "/bin/false" || got[7] != "source="+ReadOnlyMount {
 		t.Errorf("read-only argv = %q, %v", got, err)
 	}
 }
