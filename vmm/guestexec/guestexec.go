@@ -331,6 +331,33 @@ func (r *run) wait(ctx context.Context, start time.Time) Outcome {
 		case res := <-done:
 			out.Timings.End = time.Now()
 			out.Timings.FirstEntry = r.vm.FirstEntry()
+			if out.Status < 0 && started && !panicked && (res.res == vmm.ExitPowerOff || res.res == vmm.ExitReboot) {
+				// The init writes its status line and powers off at
+				// once; a write(2) on a port returns before the device
+				// took the buffer, so the line may still be queued (in
+				// nested KVM it was): take what is there.
+				if err := r.vm.FlushConsole(flushTimeout, portStatus, portStdout, portStderr); err != nil {
+					r.cfg.Log.Warn("exec: the guest's last console output may be lost", "err", err)
+				}
+				for drained := false; !drained; {
+					select {
+					case ev := <-r.events:
+						switch ev.Kind {
+						case "exit":
+							finish(ev.Code, "")
+						case "signal":
+							finish(128+ev.Code, "")
+						case "fail":
+							finish(StatusNoStart, "the guest init failed: "+ev.Text)
+						}
+					default:
+						drained = true
+					}
+				}
+				if out.Status >= 0 && out.Timings.CmdEnd.IsZero() {
+					out.Timings.CmdEnd = time.Now() // when the host got it, as above
+				}
+			}
 			switch {
 			case out.Status >= 0:
 			case panicked:
