@@ -284,38 +284,42 @@ func (r *run) wait(ctx context.Context, start time.Time) Outcome {
 		}
 		cancel()
 	}
+	// onEvent takes one of the init's status lines.
+	onEvent := func(ev execinit.Event) {
+		now := time.Now()
+		switch ev.Kind {
+		case "init":
+			out.Timings.Init = now
+			r.vm.MarkBoot("init", now)
+		case "start":
+			started = true
+			out.Timings.CmdStart = now
+			r.vm.MarkBoot("cmd_start", now)
+			boot.Stop()
+			if r.cfg.Timeout > 0 {
+				cmdTimer = time.After(r.cfg.Timeout)
+			}
+		case "exit", "signal":
+			out.Timings.CmdEnd = now
+			r.vm.MarkBoot("cmd_end", now)
+			// The command's last output may still be queued on
+			// the stdout and stderr ports.
+			if err := r.vm.FlushConsole(flushTimeout, portStdout, portStderr); err != nil {
+				r.cfg.Log.Warn("exec: the command's output may be incomplete", "err", err)
+			}
+			code := ev.Code
+			if ev.Kind == "signal" {
+				code = 128 + ev.Code
+			}
+			finish(code, "")
+		case "fail":
+			finish(StatusNoStart, "the guest init failed: "+ev.Text)
+		}
+	}
 	for {
 		select {
 		case ev := <-r.events:
-			now := time.Now()
-			switch ev.Kind {
-			case "init":
-				out.Timings.Init = now
-				r.vm.MarkBoot("init", now)
-			case "start":
-				started = true
-				out.Timings.CmdStart = now
-				r.vm.MarkBoot("cmd_start", now)
-				boot.Stop()
-				if r.cfg.Timeout > 0 {
-					cmdTimer = time.After(r.cfg.Timeout)
-				}
-			case "exit", "signal":
-				out.Timings.CmdEnd = now
-				r.vm.MarkBoot("cmd_end", now)
-				// The command's last output may still be queued on
-				// the stdout and stderr ports.
-				if err := r.vm.FlushConsole(flushTimeout, portStdout, portStderr); err != nil {
-					r.cfg.Log.Warn("exec: the command's output may be incomplete", "err", err)
-				}
-				code := ev.Code
-				if ev.Kind == "signal" {
-					code = 128 + ev.Code
-				}
-				finish(code, "")
-			case "fail":
-				finish(StatusNoStart, "the guest init failed: "+ev.Text)
-			}
+			onEvent(ev)
 		case <-boot.C:
 			if !started {
 				finish(StatusNoStart, fmt.Sprintf("the command did not start within %s (--boot-timeout)", r.cfg.BootTimeout))
@@ -342,20 +346,10 @@ func (r *run) wait(ctx context.Context, start time.Time) Outcome {
 				for drained := false; !drained; {
 					select {
 					case ev := <-r.events:
-						switch ev.Kind {
-						case "exit":
-							finish(ev.Code, "")
-						case "signal":
-							finish(128+ev.Code, "")
-						case "fail":
-							finish(StatusNoStart, "the guest init failed: "+ev.Text)
-						}
+						onEvent(ev)
 					default:
 						drained = true
 					}
-				}
-				if out.Status >= 0 && out.Timings.CmdEnd.IsZero() {
-					out.Timings.CmdEnd = time.Now() // when the host got it, as above
 				}
 			}
 			switch {
