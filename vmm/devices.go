@@ -209,6 +209,21 @@ func (v *VM) serveINTx() {
 	}
 }
 
+// FormatBootTimes renders boot milestones (Counters.Boot, ms since the VMM
+// started) in the order they were reached: "first_entry=12.3ms init=...".
+func FormatBootTimes(bt map[string]float64) string {
+	names := make([]string, 0, len(bt))
+	for n := range bt {
+		names = append(names, n)
+	}
+	sort.Slice(names, func(i, j int) bool { return bt[names[i]] < bt[names[j]] })
+	parts := make([]string, 0, len(names))
+	for _, n := range names {
+		parts = append(parts, fmt.Sprintf("%s=%.1fms", n, bt[n]))
+	}
+	return strings.Join(parts, " ")
+}
+
 // LogStats logs the exit counters and every device's counters.
 func (v *VM) LogStats() {
 	var kvmExits uint64
@@ -217,16 +232,7 @@ func (v *VM) LogStats() {
 	}
 	v.log.Info("vcpu exits", "counts", v.stats.String(), "kvm_exits", kvmExits)
 	if bt := v.bootTimes(); len(bt) > 0 {
-		names := make([]string, 0, len(bt))
-		for n := range bt {
-			names = append(names, n)
-		}
-		sort.Slice(names, func(i, j int) bool { return bt[names[i]] < bt[names[j]] })
-		var parts []string
-		for _, n := range names {
-			parts = append(parts, fmt.Sprintf("%s=%.1fms", n, bt[n]))
-		}
-		v.log.Info("boot timings", "since_vmm_start", strings.Join(parts, " "))
+		v.log.Info("boot timings", "since_vmm_start", FormatBootTimes(bt))
 	}
 	for _, d := range v.devices {
 		v.log.Info(d.kind+" stats", d.kind, d.index, "name", d.name, "transport_faults", d.tr.Faults(), "stats", fmt.Sprint(d.stats()))

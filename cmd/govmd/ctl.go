@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/govmd/govmd/api"
+	"github.com/govmd/govmd/vmm"
 )
 
 const ctlUsage = `usage:
@@ -194,16 +195,7 @@ func printCounters(w io.Writer, b []byte) error {
 		fmt.Fprintf(w, "%s %d (%s): transport_faults=%d notifications=%v %s\n", d.Kind, d.Index, d.Name, d.TransportFaults, d.Notifications, strings.Join(parts, " "))
 	}
 	if len(c.Boot) > 0 {
-		names := make([]string, 0, len(c.Boot))
-		for n := range c.Boot {
-			names = append(names, n)
-		}
-		sort.Slice(names, func(i, j int) bool { return c.Boot[names[i]] < c.Boot[names[j]] })
-		var parts []string
-		for _, n := range names {
-			parts = append(parts, fmt.Sprintf("%s=%.1fms", n, c.Boot[n]))
-		}
-		fmt.Fprintf(w, "boot: %s\n", strings.Join(parts, " "))
+		fmt.Fprintf(w, "boot: %s\n", vmm.FormatBootTimes(c.Boot))
 	}
 	return nil
 }
