@@ -150,6 +150,9 @@ func (p *Process) Describe() string {
 // Stop waits up to timeout for the process to exit (its frontend closes
 // the connection first, which ends its session), then kills it.
 func (p *Process) Stop(timeout time.Duration) {
+	if p.stats != nil {
+		defer p.stats.Close()
+	}
 	select {
 	case <-p.done:
 		return
@@ -157,7 +160,4 @@ func (p *Process) Stop(timeout time.Duration) {
 	}
 	p.cmd.Process.Kill()
 	<-p.done
-	if p.stats != nil {
-		p.stats.Close()
-	}
 }
