@@ -30,17 +30,6 @@ var (
 	ErrNoSuchNIC = errors.New("no such NIC")
 )
 
-// pauser stops the vCPUs between two KVM_RUNs. Pause sets paused and
-// kicks every vCPU out of the guest; each vCPU thread parks at the top of
-// its loop until Resume or the end of the run.
-//
-// The fields are guarded by VM.pauseMu; VM.pauseReq mirrors paused for the
-// vCPU loop's lock-free check.
-type pauser struct {
-	paused bool
-	parked int // vCPU threads parked
-}
-
 // State returns the VM's state.
 func (v *VM) State() State {
 	select {
@@ -54,7 +43,7 @@ func (v *VM) State() State {
 	if v.runStart.Load() == 0 {
 		return StateCreated
 	}
-	if v.pauseReq.Load() {
+	if v.paused.Load() {
 		return StatePaused
 	}
 	return StateRunning
@@ -93,8 +82,7 @@ func (v *VM) Pause(ctx context.Context) error {
 		v.pauseMu.Unlock()
 		return err
 	}
-	v.pause.paused = true
-	v.pauseReq.Store(true)
+	v.paused.Store(true)
 	v.pauseMu.Unlock()
 	v.kickAll()
 
@@ -106,7 +94,7 @@ func (v *VM) Pause(ctx context.Context) error {
 	defer stop()
 	v.pauseMu.Lock()
 	defer v.pauseMu.Unlock()
-	for v.pause.parked < v.cfg.CPUs && v.pause.paused && !v.stopping.Load() {
+	for v.parked < v.cfg.CPUs && v.paused.Load() && !v.stopping.Load() {
 		if ctx.Err() != nil {
 			return fmt.Errorf("vmm: pausing: %w", ctx.Err())
 		}
@@ -125,8 +113,7 @@ func (v *VM) Resume() error {
 	if err := v.running(); err != nil {
 		return err
 	}
-	v.pause.paused = false
-	v.pauseReq.Store(false)
+	v.paused.Store(false)
 	v.pauseCond.Broadcast()
 	return nil
 }
@@ -135,12 +122,12 @@ func (v *VM) Resume() error {
 func (v *VM) park() {
 	v.pauseMu.Lock()
 	defer v.pauseMu.Unlock()
-	v.pause.parked++
+	v.parked++
 	v.pauseCond.Broadcast()
-	for v.pause.paused && !v.stopping.Load() {
+	for v.paused.Load() && !v.stopping.Load() {
 		v.pauseCond.Wait()
 	}
-	v.pause.parked--
+	v.parked--
 }
 
 // wakeParked releases parked vCPU threads at the end of the run.

@@ -288,7 +288,7 @@ func (v *VM) loop(t *vcpuThread) error {
 			}
 			return nil
 		}
-		if v.pauseReq.Load() {
+		if v.paused.Load() {
 			v.park()
 			continue
 		}

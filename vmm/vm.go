@@ -97,10 +97,14 @@ type VM struct {
 	runEnd       atomic.Int64  // when Run returned (Unix ns)
 	runDone      chan struct{} // closed when Run returns
 	powerPressed atomic.Bool
-	pauseReq     atomic.Bool // mirrors pause.paused for the vCPU loop
-	pauseMu      sync.Mutex
-	pauseCond    *sync.Cond // on pauseMu
-	pause        pauser
+	// Pause sets paused and kicks the vCPUs; each parks at the top of its
+	// loop (park) until Resume or the end of the run. paused is written
+	// under pauseMu and read without it by the vCPU loop; parked counts
+	// the parked vCPU threads (guarded by pauseMu, signalled on pauseCond).
+	paused    atomic.Bool
+	pauseMu   sync.Mutex
+	pauseCond *sync.Cond // on pauseMu
+	parked    int
 
 	firstEntry atomic.Int64 // when a vCPU first entered the guest (Unix ns)
 	bootMu     sync.Mutex
