@@ -153,22 +153,7 @@ func runCtl(args []string, stdout, stderr io.Writer) int {
 // printCounters prints GET /vm/counters as text: a line per vCPU and per
 // device, key=value sorted by key.
 func printCounters(w io.Writer, b []byte) error {
-	var c struct {
-		VCPUs []struct {
-			ID    int               `json:"id"`
-			Exits map[string]uint64 `json:"exits"`
-			KVM   map[string]uint64 `json:"kvm"`
-		} `json:"vcpus"`
-		Devices []struct {
-			Kind            string   `json:"kind"`
-			Index           int      `json:"index"`
-			Name            string   `json:"name"`
-			TransportFaults uint64   `json:"transport_faults"`
-			Notifications   []uint64 `json:"notifications"`
-			Stats           any      `json:"stats"`
-		} `json:"devices"`
-		Boot map[string]float64 `json:"boot_ms"`
-	}
+	var c vmm.Counters // Stats decodes as a JSON object (map)
 	if err := json.Unmarshal(b, &c); err != nil {
 		return err
 	}
