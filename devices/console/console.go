@@ -145,6 +145,10 @@ type Device struct {
 	inputs  bool          // the input readers were started
 	done    chan struct{} // closed by Close: the input readers end
 	workers virtio.Workers
+	// lastWrites tells the transmit workers, as they stop, to write what
+	// the driver made available before it reset the device (set by
+	// Reset, not by Close).
+	lastWrites atomic.Bool
 }
 
 // port is one port's host side. Its channels and counters live as long as
@@ -429,9 +433,17 @@ func (d *Device) startInputs() {
 // Reset stops the workers and waits for them, forgets the control
 // messages not yet delivered and marks every port closed by the guest. An
 // input chunk not yet delivered stays with its reader for the next driver.
+//
+// What the driver had made available on the transmit queues is written to
+// the ports' Out first (see portTx.last): a Linux guest resets every
+// virtio device as it powers off (virtio_dev_shutdown), right after its
+// last write(2), which returns before the device took the buffer. QEMU
+// does the same when it stops a queue's notifier.
 func (d *Device) Reset() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.lastWrites.Store(true)
+	defer d.lastWrites.Store(false)
 	d.resetLocked()
 }
 

@@ -110,6 +110,27 @@ func (w *portTx) run(ctx context.Context) {
 		Faults:    &w.d.stats.guestFaults,
 		Log:       w.d.log,
 	}.Run(ctx, w.drain)
+	if w.d.lastWrites.Load() {
+		w.last()
+	}
+}
+
+// last writes to the port's Out the chains the driver made available
+// before it reset the device, at most a queue's worth. The reset is not
+// complete until the workers have stopped, so the rings are still the
+// driver's; nothing is written back to them (the driver starts afresh).
+func (w *portTx) last() {
+	for range w.q.Size() {
+		ok, err := w.q.Pop(&w.chain)
+		if err != nil {
+			w.d.fault("port %d transmit queue at reset: %v", w.p.id, err)
+			return
+		}
+		if !ok {
+			return
+		}
+		w.take(&w.chain)
+	}
 }
 
 func (w *portTx) drain(ctx context.Context) error {
@@ -123,6 +144,13 @@ func (w *portTx) drain(ctx context.Context) error {
 
 // serve writes one chain's bytes to the port's Out and completes it.
 func (w *portTx) serve(c *virtio.Chain) error {
+	w.take(c)
+	return w.used.Push(c.Head, 0)
+}
+
+// take writes one chain's bytes to the port's Out; a chain of the wrong
+// shape is counted as the driver's fault.
+func (w *portTx) take(c *virtio.Chain) {
 	d := w.d
 	switch {
 	case len(c.Writable) > 0:
@@ -135,7 +163,6 @@ func (w *portTx) serve(c *virtio.Chain) error {
 		}
 		w.p.write(c.Readable, d)
 	}
-	return w.used.Push(c.Head, 0)
 }
 
 // write writes bufs, up to MaxTransmit bytes, to the port's Out, one
