@@ -1,9 +1,11 @@
 package vmm
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/govmd/govmd/devices/console"
@@ -199,5 +201,54 @@ func TestShmemTHP(t *testing.T) {
 		if got := shmemTHP(tc.setting); got != tc.want {
 			t.Errorf("shmemTHP(%q) = %v, want %v", tc.setting, got, tc.want)
 		}
+	}
+}
+
+// TestReadImage: a user's file comes back whole whatever its size; one
+// over the limit, a directory or a missing file is a config error.
+func TestReadImage(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name  string
+		size  int // -1: no file; -2: a directory
+		limit int64
+		ok    bool
+	}{
+		{"empty", 0, 1 << 20, true},
+		{"one byte", 1, 1 << 20, true},
+		{"pages and a bit", 3*4096 + 5, 1 << 20, true},
+		{"at the limit", 4096, 4096, true},
+		{"over the limit", 4097, 4096, false},
+		{"missing", -1, 4096, false},
+		{"directory", -2, 4096, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-"))
+			want := make([]byte, max(tc.size, 0))
+			for i := range want {
+				want[i] = byte(i * 7)
+			}
+			switch tc.size {
+			case -1:
+			case -2:
+				if err := os.Mkdir(path, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			default:
+				if err := os.WriteFile(path, want, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := ReadImage(path, "kernel", tc.limit)
+			if !tc.ok {
+				if !errors.Is(err, ErrConfig) {
+					t.Fatalf("error %v, want a config error", err)
+				}
+				return
+			}
+			if err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("%d bytes, error %v; want the file's %d", len(got), err, len(want))
+			}
+		})
 	}
 }
