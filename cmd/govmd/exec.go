@@ -108,6 +108,10 @@ func runExec(args []string, stdout, stderr io.Writer) int {
 	if out.Reason != "" {
 		if ctx.Err() != nil {
 			fmt.Fprintln(stderr, "govmd: interrupted")
+			if out.Timings.CmdStart.IsZero() && len(out.Console) > 0 {
+				// Where a boot that was given up on stood.
+				fmt.Fprintf(stderr, "govmd: the end of the guest's console:\n%s\n", lastLines(out.Console, 40))
+			}
 			return exitCanceled
 		}
 		fmt.Fprintf(stderr, "govmd: exec: %s (exit status %d)\n", out.Reason, out.Status)
