@@ -338,8 +338,10 @@ func (r *run) wait(ctx context.Context, start time.Time) Outcome {
 			if out.Status < 0 && started && !panicked && (res.res == vmm.ExitPowerOff || res.res == vmm.ExitReboot) {
 				// The init writes its status line and powers off at
 				// once; a write(2) on a port returns before the device
-				// took the buffer, so the line may still be queued (in
-				// nested KVM it was): take what is there.
+				// took the buffer. Linux resets its virtio devices as it
+				// powers off, and the console writes what was queued
+				// then; a guest that does not reset them may have left
+				// the line queued: take what is there.
 				if err := r.vm.FlushConsole(flushTimeout, portStatus, portStdout, portStderr); err != nil {
 					r.cfg.Log.Warn("exec: the guest's last console output may be lost", "err", err)
 				}
