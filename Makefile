@@ -16,8 +16,10 @@ setup: deps build images
 deps:
 	scripts/deps.sh
 
+# A static pure-Go binary (no glibc): copied anywhere, and its sandbox
+# needs no allowance for glibc's threads (internal/sandbox).
 build:
-	$(GO) build -o bin/govmd ./cmd/govmd
+	CGO_ENABLED=0 $(GO) build -o bin/govmd ./cmd/govmd
 
 # Test guests (kernel, initramfs, Debian kernel) into images/out/; cached
 # in ~/.cache/govmd (GOVMD_CACHE). See images/README.md.

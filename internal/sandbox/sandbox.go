@@ -232,6 +232,18 @@ func loadFilter(cfg Config) error {
 			}},
 		},
 	}
+	if cgoBuild {
+		// A thread glibc starts after confinement sets up its malloc
+		// arena at its first allocation and counts the CPUs by opening
+		// /sys/devices/system/cpu/online; refused, it falls back to
+		// sched_getaffinity. Only a cgo build has glibc threads: a pure
+		// Go build (CGO_ENABLED=0, what the Makefile builds) keeps
+		// opening fatal.
+		filter.Policy.Syscalls = append(filter.Policy.Syscalls, seccomp.SyscallGroup{
+			Names:  []string{"openat", "open"},
+			Action: seccomp.ActionErrno | seccomp.Action(unix.EACCES),
+		})
+	}
 	if err := seccomp.LoadFilter(filter); err != nil {
 		return fmt.Errorf("sandbox: seccomp: %w", err)
 	}
