@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,18 +32,32 @@ type execResult struct {
 // profile's command line) plus args, within limit.
 func govmdExec(t *testing.T, limit time.Duration, args ...string) execResult {
 	t.Helper()
+	return govmdExecIn(t, limit, nil, args...)
+}
+
+// govmdExecIn is govmdExec with stdin as govmd's standard input.
+func govmdExecIn(t *testing.T, limit time.Duration, stdin io.Reader, args ...string) execResult {
+	t.Helper()
 	requireKVM(t)
 	base := []string{"exec", "--kernel", image(t, "linux/vmlinux"), "--initrd", image(t, "initrd.cpio"),
 		"--memory", "256M", "--cmdline", cmdline(t, "")}
-	return runExecArgs(t, limit, append(base, args...)...)
+	return runExecIn(t, limit, stdin, append(base, args...)...)
 }
 
 // runExecArgs runs govmd with args (exec and its flags), within limit.
 func runExecArgs(t *testing.T, limit time.Duration, args ...string) execResult {
 	t.Helper()
+	return runExecIn(t, limit, nil, args...)
+}
+
+// runExecIn is runExecArgs with stdin as govmd's standard input (nil:
+// none, as exec.Cmd has it).
+func runExecIn(t *testing.T, limit time.Duration, stdin io.Reader, args ...string) execResult {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, govmd(t), args...)
+	cmd.Stdin = stdin
 	cmd.WaitDelay = 10 * time.Second
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -85,7 +100,8 @@ func execFatalf(t *testing.T, r execResult, format string, args ...any) {
 }
 
 // TestExec is govmd exec's contract, one boot per case: the command's
-// stdout, stderr and exit status come back apart; a guest panic, a command
+// stdout, stderr and exit status come back apart; with --stdin govmd's
+// stdin is the command's, to its end of file; a guest panic, a command
 // that outlives --timeout and a kernel that cannot boot each end with
 // their own status within the profile's budget.
 func TestExec(t *testing.T) {
@@ -111,6 +127,16 @@ func TestExec(t *testing.T) {
 				t.Errorf("timing %s=%.1fms before the previous one (%.1fms)", name, v, prev)
 			}
 			prev = v
+		}
+	})
+	t.Run("stdin", func(t *testing.T) {
+		// More than the device's 4 KiB input chunk; wc ends only at
+		// EOF, which is the end of govmd's stdin.
+		in := "line-0\n" + strings.Repeat("x", 5000) + "\n"
+		r := govmdExecIn(t, budget, strings.NewReader(in), "--stdin", "--", "sh", "-c", `read first; echo "first=$first"; wc -c`)
+		f := strings.Fields(r.stdout)
+		if r.status != 0 || len(f) != 2 || f[0] != "first=line-0" || f[1] != "5001" {
+			execFatalf(t, r, "status %d stdout %q, want 0 and \"first=line-0\" then 5001; stderr:\n%s", r.status, r.stdout, r.stderr)
 		}
 	})
 	t.Run("panic", func(t *testing.T) {

@@ -9,7 +9,9 @@
 // virtio-console ports by name ([PortStatus], [PortStdout], [PortStderr];
 // it waits up to 30 s for them), mounts the virtiofs shares of
 // [Spec.Mounts], and runs the command with its stdout and stderr on the
-// two output ports and stdin on /dev/null. It reports on the status port,
+// two output ports and stdin on /dev/null, or with [Spec.Stdin] on a fourth
+// port ([PortStdin]; the host closes it at the end of its input, which the
+// command reads as EOF). It reports on the status port,
 // one line each ([ParseStatus]):
 //
 //	init         the kernel reached init
@@ -26,8 +28,9 @@
 // there.
 //
 // The archive holds the init and its instructions: /govmd/argv and
-// /govmd/env (NUL-terminated strings), /govmd/cwd (one line) and
-// /govmd/mounts (lines "TAG DIR ro|rw").
+// /govmd/env (NUL-terminated strings), /govmd/cwd (one line),
+// /govmd/mounts (lines "TAG DIR ro|rw"), /govmd/root (a tag or empty) and
+// /govmd/stdin ("1" or empty).
 //
 // # Why a committed binary
 //
@@ -65,11 +68,12 @@ var initBinary []byte
 const InitPath = "/govmd/init"
 
 // Port names the init looks for: the names of three virtio-console ports
-// (the host opens them; the init only writes).
+// the init writes, and with [Spec.Stdin] a fourth one it reads.
 const (
 	PortStatus = "govmd.status"
 	PortStdout = "govmd.stdout"
 	PortStderr = "govmd.stderr"
+	PortStdin  = "govmd.stdin"
 )
 
 // MaxStatusLine is the longest status line the init writes, with its
@@ -113,6 +117,9 @@ type Spec struct {
 	// whose virtio, virtio_console, fuse, virtiofs or overlay drivers are
 	// modules. At most MaxModules.
 	Modules [][]byte
+	// Stdin makes the command's stdin the port [PortStdin] (which the init
+	// then waits for too) instead of /dev/null.
+	Stdin bool
 }
 
 // MaxModules is how many modules the init loads at most.
@@ -134,7 +141,7 @@ func specErr(format string, a ...any) error {
 
 // Archive returns an uncompressed newc cpio archive (with its trailer)
 // holding /govmd/init, /govmd/argv, /govmd/env, /govmd/cwd, /govmd/mounts,
-// /govmd/root, the modules (/govmd/modules/NNN.ko),
+// /govmd/root, /govmd/stdin, the modules (/govmd/modules/NNN.ko),
 // /dev/console and the directories /govmd, /proc, /sys, /dev, /tmp, /mnt,
 // to append to an initramfs. The initramfs before it must be padded with
 // zeros to a multiple of 4 bytes (the kernel looks for the next archive's
@@ -190,6 +197,10 @@ func Archive(s Spec) ([]byte, error) {
 		}
 		root = s.Root + "\n"
 	}
+	stdin := ""
+	if s.Stdin {
+		stdin = "1\n"
+	}
 	if mounts.Len() > maxMounts {
 		return nil, specErr("%d mounts take %d bytes, more than the init's %d", len(s.Mounts), mounts.Len(), maxMounts)
 	}
@@ -219,6 +230,7 @@ func Archive(s Spec) ([]byte, error) {
 	recs = append(recs,
 		file("govmd/mounts", 0o644, mounts.Bytes()),
 		file("govmd/root", 0o644, []byte(root)),
+		file("govmd/stdin", 0o644, []byte(stdin)),
 		dirRec("mnt", 0o755),
 		dirRec("proc", 0o755),
 		dirRec("sys", 0o755),

@@ -82,7 +82,7 @@ func TestArchive(t *testing.T) {
 		name                   string
 		spec                   Spec
 		argv, env, cwd, mounts string
-		root                   string
+		root, stdin            string
 		modules                []string // contents of /govmd/modules/NNN.ko
 	}{
 		{
@@ -110,6 +110,11 @@ func TestArchive(t *testing.T) {
 			name: "root share",
 			spec: Spec{Argv: []string{"uname", "-r"}, Root: "govmd-root"},
 			argv: "uname\x00-r\x00", env: defEnv, cwd: "/\n", root: "govmd-root\n",
+		},
+		{
+			name: "stdin",
+			spec: Spec{Argv: []string{"cat"}, Stdin: true},
+			argv: "cat\x00", env: defEnv, cwd: "/\n", stdin: "1\n",
 		},
 		{
 			name: "modules",
@@ -143,7 +148,7 @@ func TestArchive(t *testing.T) {
 			for k, v := range base {
 				want[k] = v
 			}
-			for k, v := range map[string]string{"argv": tc.argv, "env": tc.env, "cwd": tc.cwd, "mounts": tc.mounts, "root": tc.root} {
+			for k, v := range map[string]string{"argv": tc.argv, "env": tc.env, "cwd": tc.cwd, "mounts": tc.mounts, "root": tc.root, "stdin": tc.stdin} {
 				want["govmd/"+k] = member{mode: cpio.S_IFREG | 0o644, data: v}
 			}
 			got, names := readArchive(t, b)
@@ -157,7 +162,7 @@ func TestArchive(t *testing.T) {
 				want[name] = member{mode: cpio.S_IFREG | 0o644, data: m}
 				wantNames = append(wantNames, name)
 			}
-			wantNames = append(wantNames, "govmd/mounts", "govmd/root", "mnt", "proc", "sys", "tmp")
+			wantNames = append(wantNames, "govmd/mounts", "govmd/root", "govmd/stdin", "mnt", "proc", "sys", "tmp")
 			if strings.Join(names, " ") != strings.Join(wantNames, " ") {
 				t.Errorf("names %q, want %q", names, wantNames)
 			}
@@ -430,9 +435,9 @@ func TestLimitsMatchSource(t *testing.T) {
 		fmt.Sprintf("#define MAX_MOUNTS (%d * 1024) ", maxMounts/1024),
 		fmt.Sprintf("#define MAX_PATH %d ", maxPath),
 		fmt.Sprintf("#define LINE_MAX %d ", MaxStatusLine),
-		fmt.Sprintf("{%q, %q, %q}", PortStatus, PortStdout, PortStderr),
+		fmt.Sprintf("{%q, %q, %q, %q}", PortStatus, PortStdout, PortStderr, PortStdin),
 		fmt.Sprintf("static char *default_env[] = {\n\t%q,\n\t%q,\n\t%q,\n\t0,\n};", defaultEnv[0], defaultEnv[1], defaultEnv[2]),
-		`"/govmd/argv"`, `"/govmd/env"`, `"/govmd/cwd"`, `"/govmd/mounts"`,
+		`"/govmd/argv"`, `"/govmd/env"`, `"/govmd/cwd"`, `"/govmd/mounts"`, `"/govmd/root"`, `"/govmd/stdin"`,
 		`path[] = "/govmd/modules/000.ko"`, fmt.Sprintf("i < %d; i++", MaxModules),
 	} {
 		if !bytes.Contains(src, []byte(want)) {

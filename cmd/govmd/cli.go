@@ -37,7 +37,7 @@ const usage = `usage:
             [--rng=on|off] [--cpu-profile auto|host|pvm|bare] [--log-level debug|info|warn|error]
             [--guest-profile FILE] [--api-socket PATH] [--config FILE]
             [--share PATH,tag=TAG[,ro]]... [--virtiofsd PATH] [--hvc PATH] [--port NAME=PATH]...
-  govmd exec [the machine's flags of run] [--timeout D] [--boot-timeout D] [--timings] [--console PATH] -- CMD [ARGS...]
+  govmd exec [the machine's flags of run] [--timeout D] [--boot-timeout D] [--timings] [--console PATH] [--stdin] -- CMD [ARGS...]
   govmd ctl --api-socket PATH [--json] status|config|counters|metrics|pause|resume|power-button|stop|link NIC up|down
   govmd net-device --tap NAME --socket PATH [--mac MAC] [--offload on|csum|off] [--locked] [--user USER]
   govmd version
@@ -77,7 +77,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	case "run":
 		return runVM(args[1:], stdin, stdout, stderr)
 	case "exec":
-		return runExec(args[1:], stdout, stderr)
+		return runExec(args[1:], stdin, stdout, stderr)
 	case "ctl":
 		return runCtl(args[1:], stdout, stderr)
 	case "net-device":

@@ -22,10 +22,11 @@ const execUsage = `usage:
   govmd exec --kernel PATH [--initrd PATH] [--cmdline EXTRA] [--share PATH,tag=TAG[,ro]]...
              [--net ...]... [--disk ...]... [--timeout DURATION] [--boot-timeout DURATION]
              [--cpus N] [--memory M] [--console PATH] [--timings] [--root-share[=DIR]]
-             [--module FILE.ko]... -- CMD [ARGS...]
+             [--module FILE.ko]... [--stdin] -- CMD [ARGS...]
 
 Boots the guest, runs CMD in it with its stdout and stderr copied to
-govmd's, and exits with CMD's exit status. Shares are mounted at
+govmd's (and with --stdin govmd's stdin copied to its stdin; else CMD's
+stdin is /dev/null), and exits with CMD's exit status. Shares are mounted at
 /mnt/TAG. govmd's own exit statuses (which CMD's own statuses of the same
 value can only be told apart from by the message govmd prints on stderr):
   121  the guest kernel panicked or oopsed (or crashed) while CMD ran
@@ -39,7 +40,7 @@ value can only be told apart from by the message govmd prints on stderr):
 `
 
 // runExec is govmd exec.
-func runExec(args []string, stdout, stderr io.Writer) int {
+func runExec(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	flags := flag.NewFlagSet("exec", flag.ContinueOnError)
 	flags.SetOutput(io.Discard)
 	vf := addVMFlags(flags, "", "added to the kernel command line govmd exec builds ("+guestexec.BaseCmdline+")", "warn")
@@ -50,6 +51,7 @@ func runExec(args []string, stdout, stderr io.Writer) int {
 		console     = flags.String("console", "", "write the guest's serial console to this file (default: kept in memory, its end printed when the guest fails)")
 		envs        listFlag
 		dir         = flags.String("dir", "/", "CMD's working directory in the guest")
+		withStdin   = flags.Bool("stdin", false, "copy govmd's standard input to CMD's, as CMD reads it; its end is CMD's end of file (default: CMD's stdin is /dev/null)")
 	)
 	var rootShare optionalPath
 	flags.Var(&rootShare, "root-share", "the guest's root file system is the host's (--root-share) or DIR's (--root-share=DIR), read-only over virtio-fs with a tmpfs overlay for writes, so CMD is any program there (the guest must run the host's programs: not on PVM; its kernel needs VIRTIO_FS and OVERLAY_FS, built in or as --module)")
@@ -87,6 +89,9 @@ func runExec(args []string, stdout, stderr io.Writer) int {
 	}
 	ec := guestexec.Config{VM: cfg, Argv: argv, Env: envs, Dir: *dir, RootShare: rootShare.path, Modules: modules, Timeout: *timeout,
 		BootTimeout: *bootTimeout, Stdout: stdout, Stderr: stderr, Log: cfg.Log}
+	if *withStdin {
+		ec.Stdin = stdin
+	}
 	if *console != "" {
 		f, err := newLateFile(*console, "--console")
 		if err != nil {

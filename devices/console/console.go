@@ -104,7 +104,9 @@ type Port struct {
 	// receive queue, as the driver posts buffers and (with MULTIPORT)
 	// while the guest has the port open. The device holds at most one read
 	// chunk of up to 4 KiB; In is not read again before that chunk is
-	// delivered. EOF or an error ends input for the port. The reader
+	// delivered. EOF or an error ends input for the port: once what was
+	// read is delivered, a MULTIPORT driver is told the host closed the
+	// port (PORT_OPEN 0), so that a Linux reader gets EOF. The reader
 	// goroutine starts at the first Activate and survives device resets
 	// (a chunk it holds is kept for the next driver); it ends after Close,
 	// as soon as its Read returns (Close does not wait for it, and does
@@ -178,9 +180,28 @@ type port struct {
 	txKick              atomic.Pointer[eventfd.EventFD] // while the transmit worker runs
 
 	guestOpen atomic.Bool // the driver's last PORT_OPEN (guest_connected)
-	inEnded   atomic.Bool // In returned EOF or an error
-	c         portCounters
+	inEnded   atomic.Bool // In returned EOF or an error, all of it delivered
+
+	// hostMu orders the PORT_OPEN messages the device sends: the one at
+	// PORT_READY and the one when input ends.
+	hostMu sync.Mutex
+	ready  bool // the driver sent PORT_READY since the last reset
+
+	c portCounters
 }
+
+// hostOpen is the value of the port's PORT_OPEN message (host_connected
+// in Linux): 0 once its input has ended, else 1. A port without input
+// stays open, and so does the console (port 0: hvc has no end of input).
+func (p *port) hostOpen() uint16 {
+	if p.closes() && p.inEnded.Load() {
+		return 0
+	}
+	return 1
+}
+
+// closes says whether the end of the port's input closes its host side.
+func (p *port) closes() bool { return p.in != nil && p.id != 0 }
 
 var _ virtio.Device = (*Device)(nil)
 
@@ -452,6 +473,9 @@ func (d *Device) resetLocked() {
 	d.ctrl.reset()
 	for _, p := range d.ports {
 		p.guestOpen.Store(false)
+		p.hostMu.Lock()
+		p.ready = false
+		p.hostMu.Unlock()
 		select {
 		case <-p.wake:
 		default:

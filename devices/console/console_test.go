@@ -269,10 +269,11 @@ func portAnswer(cfg Config, i int) []msg {
 			m = append(m, msg{0, EventResize, 0, string(size[:])})
 		}
 	}
+	m = append(m, msg{uint32(i), EventPortOpen, 1, ""})
 	if n := cfg.Ports[i].Name; n != "" {
 		m = append(m, msg{uint32(i), EventPortName, 1, n})
 	}
-	return append(m, msg{uint32(i), EventPortOpen, 1, ""})
+	return m
 }
 
 // handshake runs the MULTIPORT start-up as Linux does: DEVICE_READY, the
@@ -506,6 +507,63 @@ func TestInput(t *testing.T) {
 	}
 }
 
+// TestInputEnd: a named port whose input ends is closed on the host side
+// (PORT_OPEN 0) once everything read was delivered, so that a Linux reader
+// gets the data and then EOF; a port whose input was empty is announced
+// closed at PORT_READY, before its name; the console port is never closed.
+func TestInputEnd(t *testing.T) {
+	pr, pw := io.Pipe()
+	cfg := threePorts(&recorder{})
+	cfg.Ports[0].In = strings.NewReader("console")
+	cfg.Ports[1].In = pr
+	cfg.Ports[2].In = strings.NewReader("")
+	e := newEnv(t, pcidriver.MSIXModes[0], cfg, true)
+	for range cfg.Ports {
+		e.postRecv(ctrlRxQueue, 4096)
+	}
+	e.sendCtrl(0xffffffff, EventDeviceReady, 1)
+	for i := range cfg.Ports {
+		e.expectCtrl(msg{uint32(i), EventDeviceAdd, 1, ""})
+	}
+	// Port 2's input is empty: let the reader see EOF first.
+	deadline := time.Now().Add(5 * time.Second)
+	for !e.dev.Stats().Ports[2].InEnded {
+		if time.Now().After(deadline) {
+			t.Fatal("port 2's empty input never ended")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for i := range cfg.Ports {
+		e.postRecv(rxQueue(i), 4096)
+		want := portAnswer(cfg, i)
+		if i == 2 {
+			want[0].value = 0 // closed, and said before the name
+		}
+		for range want {
+			e.postRecv(ctrlRxQueue, 4096)
+		}
+		e.sendCtrl(uint32(i), EventPortReady, 1)
+		e.expectCtrl(want...)
+	}
+	e.sendCtrl(0, EventPortOpen, 1)
+	if got := string(e.recv(rxQueue(0))); got != "console" {
+		t.Fatalf("console got %q", got)
+	}
+	e.sendCtrl(1, EventPortOpen, 1)
+	go func() { pw.Write([]byte("last words")); pw.Close() }()
+	if got := string(e.recvOnce(rxQueue(1))); got != "last words" {
+		t.Fatalf("port 1 got %q", got)
+	}
+	// Port 1's data is in the used ring; only then its close. The
+	// console's input ended too, but it is not closed.
+	e.postRecv(ctrlRxQueue, 4096)
+	e.expectCtrl(msg{1, EventPortOpen, 0, ""})
+	e.noUsed(ctrlRxQueue, 50*time.Millisecond)
+	if s := e.dev.Stats(); !s.Ports[0].InEnded || !s.Ports[1].InEnded || s.ControlDropped != 0 || s.GuestFaults != 0 {
+		t.Fatalf("stats %v", s)
+	}
+}
+
 // recvOnce waits for one used buffer of q and returns its bytes without
 // posting it again.
 func (e *env) recvOnce(q int) []byte {
@@ -594,7 +652,11 @@ func TestHostile(t *testing.T) {
 	// A control receive buffer too short for the message: refused, and
 	// the message goes to the next buffer.
 	before := faults()
-	e.sendCtrl(1, EventPortReady, 1) // answered with PORT_NAME and PORT_OPEN
+	e.sendCtrl(1, EventPortReady, 1) // answered with PORT_OPEN and PORT_NAME
+	answer := portAnswer(cfg, 1)
+	answer[0].value = 0 // its input ("xyz") was delivered and ended
+	e.postRecv(ctrlRxQueue, 4096)
+	e.expectCtrl(answer[0])
 	short := e.post(ctrlRxQueue, e.buf(nil, 12, true))
 	if h, n := e.used(ctrlRxQueue); h != short || n != 0 {
 		t.Fatalf("short control buffer: used %d len %d", h, n)
@@ -603,8 +665,7 @@ func TestHostile(t *testing.T) {
 		t.Fatal("short control buffer not counted")
 	}
 	e.postRecv(ctrlRxQueue, 4096)
-	e.postRecv(ctrlRxQueue, 4096)
-	e.expectCtrl(portAnswer(cfg, 1)...)
+	e.expectCtrl(answer[1:]...)
 
 	// Floods of DEVICE_READY and PORT_READY while the driver posts no
 	// control buffer: the queue keeps one of each message.

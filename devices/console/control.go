@@ -37,7 +37,7 @@ type ctrlMsg struct {
 // waiting message is never queued twice, the distinct messages the device
 // sends (DEVICE_ADD, PORT_NAME and PORT_OPEN for every port, CONSOLE_PORT
 // and RESIZE for port 0) always fit.
-func ctrlQueueCap(ports int) int { return 3*ports + 2 }
+func ctrlQueueCap(ports int) int { return 4*ports + 2 }
 
 // ctrlQueue holds the control messages for the driver until it posts
 // buffers for them: a fixed ring, filled by the control transmit worker
@@ -153,12 +153,18 @@ func (d *Device) control(id uint32, event, value uint16) {
 				d.send(0, EventResize, 0)
 			}
 		}
+		// The host side is open (a Linux writer to a port waits until it
+		// is: will_write_block) until the port's input has ended and all
+		// of it was delivered (a Linux reader then gets EOF). It is said
+		// before the name: a guest program that finds the port by its
+		// name must not see it closed, which a read takes for EOF.
+		p.hostMu.Lock()
+		p.ready = true
+		d.send(id, EventPortOpen, p.hostOpen())
+		p.hostMu.Unlock()
 		if p.name != "" {
 			d.send(id, EventPortName, 1)
 		}
-		// The host side is always open: a Linux writer to a port waits
-		// until it is (will_write_block).
-		d.send(id, EventPortOpen, 1)
 	case EventPortOpen:
 		if id >= n {
 			d.fault("PORT_OPEN for port %d of %d", id, n)

@@ -295,7 +295,14 @@ func (d *Device) readInput(p *port) {
 			if err != io.EOF {
 				d.hlog.Warn("virtio-console: input failed; no more input for the port", "port", p.id, "err", err)
 			}
+			// Everything read was delivered (in the used ring) before
+			// the driver hears that the host closed the port.
+			p.hostMu.Lock()
 			p.inEnded.Store(true)
+			if p.ready && p.closes() {
+				d.send(p.id, EventPortOpen, 0)
+			}
+			p.hostMu.Unlock()
 			return
 		}
 	}

@@ -107,6 +107,10 @@ type Config struct {
 	Timeout, BootTimeout time.Duration
 	// Stdout and Stderr receive the command's output.
 	Stdout, Stderr io.Writer
+	// Stdin, if not nil, is the command's stdin (else /dev/null): read as
+	// the guest reads, over a port of its own; its end (EOF or an error)
+	// is the command's EOF. Run does not close it.
+	Stdin io.Reader
 	// Console, if not nil, receives a copy of the guest's serial console.
 	Console io.Writer
 	Log     *slog.Logger
@@ -174,7 +178,7 @@ func Run(ctx context.Context, cfg Config) (Outcome, error) {
 	if cfg.VM.Start.IsZero() {
 		cfg.VM.Start = time.Now()
 	}
-	spec := execinit.Spec{Argv: cfg.Argv, Env: MergeEnv(execinit.DefaultEnv(), cfg.Env), Dir: cfg.Dir}
+	spec := execinit.Spec{Argv: cfg.Argv, Env: MergeEnv(execinit.DefaultEnv(), cfg.Env), Dir: cfg.Dir, Stdin: cfg.Stdin != nil}
 	for _, sh := range cfg.VM.Shares {
 		spec.Mounts = append(spec.Mounts, execinit.Mount{Tag: sh.Tag, Dir: "/mnt/" + sh.Tag, ReadOnly: sh.ReadOnly})
 	}
@@ -212,6 +216,9 @@ func Run(ctx context.Context, cfg Config) (Outcome, error) {
 		{Name: execinit.PortStatus, Out: &r.status},
 		{Name: execinit.PortStdout, Out: cfg.Stdout},
 		{Name: execinit.PortStderr, Out: cfg.Stderr},
+	}
+	if cfg.Stdin != nil {
+		vc.ConsolePorts = append(vc.ConsolePorts, console.Port{Name: execinit.PortStdin, In: cfg.Stdin})
 	}
 	vm, err := vmm.New(vc)
 	if err != nil {

@@ -17,6 +17,8 @@
  *                  tmpfs for writes; /dev, /proc, /sys, /tmp move into it)
  *   /govmd/mounts  virtiofs shares to mount first, lines "TAG DIR ro|rw"
  *                  (optional)
+ *   /govmd/stdin   optional (empty: none), "1": the command's stdin is the
+ *                  port govmd.stdin (below) instead of /dev/null
  *   /govmd/modules/000.ko, 001.ko, ...
  *                  kernel modules to load first, in this order (optional):
  *                  for a kernel whose virtio, virtio_console, fuse,
@@ -25,7 +27,7 @@
  * It mounts devtmpfs on /dev, proc on /proc, sysfs on /sys and tmpfs on
  * /tmp, loads the modules (finit_module; one already loaded or built in is
  * fine, one that fails is logged to the kernel console and skipped), then
- * finds three virtio-console ports by name (their nodes are
+ * finds three (or four) virtio-console ports by name (their nodes are
  * /dev/vportNpM; they show up after the driver probes the device, so it
  * retries for up to 30 s):
  *
@@ -39,7 +41,10 @@
  *                                   its instructions, chdir, fork)
  *                  Lines are at most LINE_MAX bytes with the newline.
  *   govmd.stdout   the command's stdout (fd 1)
- *   govmd.stderr   the command's stderr (fd 2); stdin is /dev/null
+ *   govmd.stderr   the command's stderr (fd 2)
+ *   govmd.stdin    the command's stdin (fd 0), only with /govmd/stdin;
+ *                  otherwise stdin is /dev/null. The host closes the port
+ *                  when its input ends: a read then returns 0 (EOF).
  *
  * The command runs in its own session. It is looked up in PATH (of its
  * environment) if argv[0] has no '/'; if it cannot be executed, the child
@@ -74,8 +79,9 @@
 #define LINE_MAX 512           /* a status line, with its newline */
 #define PORT_WAIT 30           /* seconds to wait for the ports */
 
-static const char *const port_names[3] = {"govmd.status", "govmd.stdout", "govmd.stderr"};
-static int ports[3] = {-1, -1, -1}; /* status, stdout, stderr */
+static const char *const port_names[4] = {"govmd.status", "govmd.stdout", "govmd.stderr", "govmd.stdin"};
+static int ports[4] = {-1, -1, -1, -1}; /* status, stdout, stderr, stdin */
+static int nports = 3;                   /* 4 with /govmd/stdin */
 static int logfd = 2;                /* /dev/kmsg once it is open */
 static const char *logprefix = "govmd-init: ";
 static int devnull = -1;
@@ -317,11 +323,11 @@ static void scan_ports(void) {
 			if (name[k - 1] == '\n')
 				k--;
 			name[k] = 0;
-			for (int i = 0; i < 3; i++) {
+			for (int i = 0; i < nports; i++) {
 				if (ports[i] >= 0 || strcmp(name, port_names[i]) != 0 ||
 				    join(path, sizeof(path), "/dev/", d->d_name, "") < 0)
 					continue;
-				ports[i] = open(path, O_WRONLY | O_CLOEXEC);
+				ports[i] = open(path, (i == 3 ? O_RDONLY : O_WRONLY) | O_CLOEXEC);
 				if (i == 0 && ports[0] >= 0)
 					write_all(ports[0], "init\n", 5);
 			}
@@ -337,7 +343,7 @@ static void find_ports(void) {
 	long long start = seconds();
 	for (int try = 0;; try++) {
 		scan_ports();
-		if (ports[0] >= 0 && ports[1] >= 0 && ports[2] >= 0)
+		if (ports[0] >= 0 && ports[1] >= 0 && ports[2] >= 0 && (nports < 4 || ports[3] >= 0))
 			return;
 		long long now = start < 0 ? -1 : seconds();
 		if (now < 0 ? try >= PORT_WAIT * 100 : now - start >= PORT_WAIT)
@@ -346,7 +352,7 @@ static void find_ports(void) {
 	}
 	begin(ports[0] < 0 ? "" : "fail ");
 	put("no virtio-console port named ");
-	for (int i = 0, first = 1; i < 3; i++) {
+	for (int i = 0, first = 1; i < nports; i++) {
 		if (ports[i] >= 0)
 			continue;
 		put(first ? "" : ", ");
@@ -582,7 +588,7 @@ static __attribute__((noreturn)) void run(char **env) {
 	int e;
 
 	setsid();
-	dup2(devnull, 0);
+	dup2(ports[3] >= 0 ? ports[3] : devnull, 0);
 	dup2(ports[1], 1);
 	dup2(ports[2], 2);
 	if (strchr(cmd, '/')) {
@@ -647,6 +653,9 @@ int main(int argc, char **argv, char **kenv) {
 	early_mount("tmpfs", "/tmp", "tmpfs");
 	loadmodules();
 
+	char want[2];
+	if (slurp("/govmd/stdin", want, 2) >= 1 && want[0] == '1')
+		nports = 4;
 	find_ports(); /* writes "init" */
 
 	/* instructions first: a share may be mounted over /govmd */
