@@ -194,14 +194,11 @@ type port struct {
 // in Linux): 0 once its input has ended, else 1. A port without input
 // stays open, and so does the console (port 0: hvc has no end of input).
 func (p *port) hostOpen() uint16 {
-	if p.closes() && p.inEnded.Load() {
+	if p.in != nil && p.id != 0 && p.inEnded.Load() {
 		return 0
 	}
 	return 1
 }
-
-// closes says whether the end of the port's input closes its host side.
-func (p *port) closes() bool { return p.in != nil && p.id != 0 }
 
 var _ virtio.Device = (*Device)(nil)
 

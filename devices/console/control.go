@@ -35,8 +35,8 @@ type ctrlMsg struct {
 
 // ctrlQueueCap bounds the control messages waiting for the driver. As a
 // waiting message is never queued twice, the distinct messages the device
-// sends (DEVICE_ADD, PORT_NAME and PORT_OPEN for every port, CONSOLE_PORT
-// and RESIZE for port 0) always fit.
+// sends (DEVICE_ADD, PORT_NAME, PORT_OPEN 1 and PORT_OPEN 0 for every
+// port, CONSOLE_PORT and RESIZE for port 0) always fit.
 func ctrlQueueCap(ports int) int { return 4*ports + 2 }
 
 // ctrlQueue holds the control messages for the driver until it posts

@@ -299,7 +299,7 @@ func (d *Device) readInput(p *port) {
 			// the driver hears that the host closed the port.
 			p.hostMu.Lock()
 			p.inEnded.Store(true)
-			if p.ready && p.closes() {
+			if p.ready && p.hostOpen() == 0 {
 				d.send(p.id, EventPortOpen, 0)
 			}
 			p.hostMu.Unlock()
