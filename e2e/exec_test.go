@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -143,6 +144,43 @@ func TestExec(t *testing.T) {
 			execFatalf(t, r, "status %d stdout %q, want 0 and \"first=line-0\" then 5001; stderr:\n%s", r.status, r.stdout, r.stderr)
 		}
 	})
+	t.Run("port", func(t *testing.T) {
+		// --port NAME=unix:PATH both ways: a client of the socket sends a
+		// line, the command finds the port by its name, reads the line
+		// from it and answers on it.
+		// A directory the confined govmd (nobody) may remove its own
+		// socket from at exit, as in /tmp; in one only root may write
+		// the socket stays, to be replaced by the next govmd.
+		dir := t.TempDir()
+		for _, d := range []struct {
+			path string
+			mode os.FileMode
+		}{{filepath.Dir(dir), 0o755}, {dir, 0o1777}} {
+			if err := os.Chmod(d.path, d.mode); err != nil {
+				t.Fatal(err)
+			}
+		}
+		sock := filepath.Join(dir, "echo.sock")
+		got := make(chan string, 1)
+		go func() { got <- echoClient(sock, "hello\n", "got hello\n", budget) }()
+		script := `for d in /sys/class/virtio-ports/*; do read n < $d/name; [ "$n" = echo ] && p=/dev/${d##*/}; done
+read line < $p; echo "got $line" > $p; echo "port $p"`
+		r := govmdExec(t, budget, "--port", "echo=unix:"+sock, "--", "sh", "-c", script)
+		if r.status != 0 || !strings.HasPrefix(r.stdout, "port /dev/vport") {
+			execFatalf(t, r, "status %d stdout %q, want 0 and the port's device; stderr:\n%s", r.status, r.stdout, r.stderr)
+		}
+		select {
+		case s := <-got:
+			if s != "" {
+				t.Fatal(s)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the socket's client did not finish after govmd exited")
+		}
+		if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the port's socket is left after govmd exited: %v", err)
+		}
+	})
 	t.Run("panic", func(t *testing.T) {
 		con := filepath.Join(t.TempDir(), "console.log")
 		r := govmdExec(t, budget, "--console", con, "--", "sh", "-c", "echo c > /proc/sysrq-trigger; sleep 600")
@@ -179,6 +217,39 @@ func TestExec(t *testing.T) {
 			t.Fatalf("status %d, want 122:\n%s", r.status, r.stderr)
 		}
 	})
+}
+
+// echoClient connects to a console port's socket once govmd created it,
+// sends send and reads until it has want: "" when it did, else what went
+// wrong.
+func echoClient(path, send, want string, limit time.Duration) string {
+	deadline := time.Now().Add(limit)
+	var c net.Conn
+	for {
+		var err error
+		if c, err = net.Dial("unix", path); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Sprintf("connecting to %s: %v", path, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, send); err != nil {
+		return fmt.Sprintf("writing to the port: %v", err)
+	}
+	c.SetReadDeadline(deadline)
+	var b []byte
+	buf := make([]byte, 256)
+	for !strings.Contains(string(b), want) {
+		n, err := c.Read(buf)
+		b = append(b, buf[:n]...)
+		if err != nil {
+			return fmt.Sprintf("read %q from the port, want %q: %v", b, want, err)
+		}
+	}
+	return ""
 }
 
 // brokenKernel copies an ELF vmlinux with ud2 written over the code at its

@@ -36,8 +36,9 @@ const usage = `usage:
             [--disk PATH[,ro][,serial=ID][,transport=...][,queues=N]]... [--shared-memory]
             [--rng=on|off] [--cpu-profile auto|host|pvm|bare] [--log-level debug|info|warn|error]
             [--guest-profile FILE] [--api-socket PATH] [--config FILE]
-            [--share PATH,tag=TAG[,ro]]... [--virtiofsd PATH] [--hvc PATH] [--port NAME=PATH]...
-  govmd exec [the machine's flags of run] [--timeout D] [--boot-timeout D] [--timings] [--console PATH] [--stdin] -- CMD [ARGS...]
+            [--share PATH,tag=TAG[,ro]]... [--virtiofsd PATH] [--hvc PATH|unix:PATH] [--port NAME=PATH|NAME=unix:PATH]...
+  govmd exec [the machine's flags of run] [--timeout D] [--boot-timeout D] [--timings] [--console PATH] [--stdin]
+            [--port NAME=PATH|NAME=unix:PATH]... -- CMD [ARGS...]
   govmd ctl --api-socket PATH [--json] status|config|counters|metrics|pause|resume|power-button|stop|link NIC up|down
   govmd net-device --tap NAME --socket PATH [--mac MAC] [--offload on|csum|off] [--locked] [--user USER]
   govmd version
@@ -230,8 +231,8 @@ func runFlags() (*flag.FlagSet, *runOpts) {
 	o := &runOpts{vf: addVMFlags(fs, "console=ttyS0", "kernel command line", "info"), ports: &listFlag{}}
 	o.console = fs.String("console", "stdio", "serial console: stdio or a file path")
 	o.apiPath = fs.String("api-socket", "", "serve the control API (HTTP/1.1, JSON; docs/openapi.json) on this unix socket (mode 0600; a stale socket is replaced); drive it with govmd ctl")
-	o.hvc = fs.String("hvc", "", "add a virtio-console whose port 0 is the guest's hvc0 (boot it with console=hvc0 to use it as its console); what the guest writes there goes to this file (created once the VM is set up)")
-	fs.Var(o.ports, "port", "a named virtio-console port (repeatable): NAME=PATH; what a guest program writes to the port (/dev/vportNpM, NAME in /sys/class/virtio-ports/vportNpM/name) goes to file PATH (created once the VM is set up)")
+	o.hvc = fs.String("hvc", "", "add a virtio-console whose port 0 is the guest's hvc0 (boot it with console=hvc0 to use it as its console): PATH is a file that gets what the guest writes there (created once the VM is set up); unix:PATH a unix socket govmd listens on, serving hvc0 both ways to one client at a time (output while none is connected is kept, up to 64 KiB, for the next)")
+	fs.Var(o.ports, "port", "a named virtio-console port (repeatable), a guest program's /dev/vportNpM (NAME in /sys/class/virtio-ports/vportNpM/name): NAME=PATH sends what the guest writes to it to file PATH (created once the VM is set up); NAME=unix:PATH serves it both ways on a unix socket govmd listens on, to one client at a time (a new one replaces it; output while none is connected is kept, up to 64 KiB, for the next)")
 	fs.StringVar(&o.vf.cfg.GuestProfile, "guest-profile", "", "write where the vCPUs spent their time (RIP sampled every 10 ms, per kernel function) to this file at exit (implies --confine=off)")
 	o.configPath = fs.String("config", "", "read the machine's flags from this JSON file (keys: the flags' long names; the schema of GET /vm's config, see README); flags on the command line override it")
 	return fs, o
@@ -259,39 +260,24 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return fail(err)
 	}
 	confine := vf.confine
-	var lates []*lateFile
-	defer func() {
-		for _, l := range lates {
-			l.Close()
-		}
-	}()
-	late := func(path, flag string) (*lateFile, error) {
-		l, err := newLateFile(path, flag)
-		if err == nil {
-			lates = append(lates, l)
-		}
-		return l, err
-	}
+	ps := &portSet{log: cfg.Log}
+	defer ps.Close()
 	if *hvc != "" || len(ports) > 0 {
 		port0 := vconsole.Port{}
 		if *hvc != "" {
-			f, err := late(*hvc, "--hvc")
+			out, in, err := ps.endpoint(*hvc, "--hvc")
 			if err != nil {
 				return fail(err)
 			}
-			port0.Out = f
+			port0.Out, port0.In = out, in
 		}
 		cfg.ConsolePorts = []vconsole.Port{port0}
-		for _, p := range ports {
-			name, path, ok := strings.Cut(p, "=")
-			if !ok || name == "" || path == "" {
-				return fail(fmt.Errorf("%w: --port %q: want NAME=PATH", vmm.ErrConfig, p))
-			}
-			f, err := late(path, "--port")
+		for _, spec := range ports {
+			p, err := ps.port(spec)
 			if err != nil {
 				return fail(err)
 			}
-			cfg.ConsolePorts = append(cfg.ConsolePorts, vconsole.Port{Name: name, Out: f})
+			cfg.ConsolePorts = append(cfg.ConsolePorts, p)
 		}
 	}
 
@@ -321,14 +307,18 @@ func runVM(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}()
 	}
 	if confine && cfg.GuestProfile == "" {
-		c, err := vmmConfinement(*apiPath)
+		var sockets []string
+		if *apiPath != "" {
+			sockets = append(sockets, *apiPath)
+		}
+		c, err := vmmConfinement(append(sockets, ps.socketPaths()...)...)
 		if err != nil {
 			return fail(err)
 		}
 		cfg.Confine = c
 	}
-	if len(lates) > 0 {
-		cfg.Confine = openThenConfine(lates, cfg.Confine)
+	if len(ps.files) > 0 {
+		cfg.Confine = openThenConfine(ps.files, cfg.Confine)
 	}
 	vm, err := vmm.New(cfg)
 	if err != nil {

@@ -39,6 +39,7 @@ func TestBadInput(t *testing.T) {
 		}
 	})
 	apiSock := filepath.Join(dir, "api.sock")
+	portSock := filepath.Join(dir, "port.sock")
 	busy, err := net.Listen("unix", filepath.Join(dir, "busy.sock")) // another program's socket
 	if err != nil {
 		t.Fatal(err)
@@ -119,6 +120,11 @@ func TestBadInput(t *testing.T) {
 		{"port without path", []string{"run", "--kernel", kernel, "--port", "data"}, "NAME=PATH"},
 		{"port with a bad name", []string{"run", "--kernel", kernel, "--port", "a/b=" + consoleOut}, "port"},
 		{"port name twice", []string{"run", "--kernel", kernel, "--port", "a=" + consoleOut, "--port", "a=" + consoleOut}, "both named"},
+		{"port socket without path", []string{"run", "--kernel", kernel, "--port", "a=unix:"}, "no socket path"},
+		{"port socket in a missing directory", []string{"run", "--kernel", kernel, "--port", "a=unix:" + filepath.Join(dir, "no", "p.sock")}, "--port socket"},
+		{"port socket, then a port of the same name", []string{"run", "--kernel", kernel, "--port", "a=unix:" + portSock, "--port", "a=" + consoleOut}, "both named"},
+		{"hvc socket path is a file", []string{"run", "--kernel", kernel, "--hvc", "unix:" + text}, "not a socket"},
+		{"exec port with the init's prefix", []string{"exec", "--kernel", kernel, "--port", "govmd.x=unix:" + portSock, "--", "true"}, "not starting with govmd."},
 		{"exec without command", []string{"exec", "--kernel", kernel}, "needs a command"},
 		{"exec bad timeout", []string{"exec", "--kernel", kernel, "--timeout", "soon", "--", "true"}, "flag -timeout"},
 		{"exec share missing", []string{"exec", "--kernel", kernel, "--share", filepath.Join(dir, "nodir") + ",tag=a", "--", "true"}, "no such file"},
@@ -151,6 +157,9 @@ func TestBadInput(t *testing.T) {
 			}
 			if _, err := os.Stat(apiSock); err == nil {
 				t.Errorf("bad input left the api socket behind")
+			}
+			if _, err := os.Stat(portSock); err == nil {
+				t.Errorf("bad input left the console port's socket behind")
 			}
 			if kids := children(t); len(kids) > 0 {
 				t.Errorf("bad input left processes behind: %v", kids)

@@ -30,26 +30,29 @@ func vmmIoctls() []uint64 {
 
 // vmmConfinement returns what confines govmd run's process once its VM
 // is set up. Started as root it becomes nobody (so it keeps no
-// capability); the API socket, if any, is handed to that user so that it
-// can remove it at exit, which is the only file-system change Landlock
-// leaves it (in the socket's directory).
-func vmmConfinement(apiPath string) (func() error, error) {
+// capability); the sockets it listens on (the API socket, console ports'
+// sockets) are handed to that user so that it can remove them at exit,
+// which is the only file-system change Landlock leaves it (in the
+// sockets' directories).
+func vmmConfinement(sockets ...string) (func() error, error) {
 	cfg := sandbox.Config{Ioctls: vmmIoctls(), Syscalls: vmmSyscalls, Signals: true, Log: os.Getenv(sandbox.AuditEnv) == "1"}
 	if os.Geteuid() == 0 {
 		cfg.User = "nobody"
 	}
 	return func() error {
-		if apiPath != "" {
+		for _, path := range sockets {
 			if cfg.User != "" {
 				uid, gid, err := sandbox.Lookup(cfg.User)
 				if err != nil {
 					return err
 				}
-				if err := os.Lchown(apiPath, uid, gid); err != nil {
-					return fmt.Errorf("api socket: %w", err)
+				if err := os.Lchown(path, uid, gid); err != nil {
+					return fmt.Errorf("socket %s: %w", path, err)
 				}
 			}
-			cfg.RemovableDir = filepath.Dir(apiPath)
+			cfg.RemovableDirs = append(cfg.RemovableDirs, filepath.Dir(path))
+		}
+		if len(sockets) > 0 {
 			cfg.Syscalls = append(cfg.Syscalls, "unlinkat", "unlink")
 		}
 		return sandbox.Confine(cfg)

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	vconsole "github.com/govmd/govmd/devices/console"
 	"github.com/govmd/govmd/devices/fs"
 	"github.com/govmd/govmd/vmm"
 	"github.com/govmd/govmd/vmm/guestexec"
@@ -22,7 +23,7 @@ const execUsage = `usage:
   govmd exec --kernel PATH [--initrd PATH] [--cmdline EXTRA] [--share PATH,tag=TAG[,ro]]...
              [--net ...]... [--disk ...]... [--timeout DURATION] [--boot-timeout DURATION]
              [--cpus N] [--memory M] [--console PATH] [--timings] [--root-share[=DIR]]
-             [--module FILE.ko]... [--stdin] -- CMD [ARGS...]
+             [--module FILE.ko]... [--stdin] [--port NAME=PATH|NAME=unix:PATH]... -- CMD [ARGS...]
 
 Boots the guest, runs CMD in it with its stdout and stderr copied to
 govmd's (and with --stdin govmd's stdin copied to its stdin; else CMD's
@@ -55,7 +56,8 @@ func runExec(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	)
 	var rootShare optionalPath
 	flags.Var(&rootShare, "root-share", "the guest's root file system is the host's (--root-share) or DIR's (--root-share=DIR), read-only over virtio-fs with a tmpfs overlay for writes, so CMD is any program there (the guest must run the host's programs: not on PVM; its kernel needs VIRTIO_FS and OVERLAY_FS, built in or as --module)")
-	var modules listFlag
+	var modules, ports listFlag
+	flags.Var(&ports, "port", "a named virtio-console port for CMD or a program it starts (repeatable): NAME=PATH sends what the guest writes to it to file PATH; NAME=unix:PATH serves it both ways on a unix socket govmd listens on (one client at a time). In the guest: /dev/vportNpM whose /sys/class/virtio-ports/vportNpM/name is NAME (not starting with govmd.)")
 	flags.Var(&modules, "module", "a kernel module file (.ko, uncompressed) the guest's init loads before anything else (repeatable, loaded in order, dependencies first): for a kernel whose virtio_pci, virtio_console, fuse, virtiofs or overlay are modules, as Debian's are")
 	flags.Var(&envs, "env", "KEY=VALUE in CMD's environment (repeatable; default PATH, HOME=/root, TERM=dumb)")
 	start := time.Now()
@@ -73,12 +75,25 @@ func runExec(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return fail(err)
 	}
 	cfg.Start = start
+	ps := &portSet{log: cfg.Log}
+	defer ps.Close()
+	var extra []vconsole.Port
+	for _, spec := range ports {
+		p, err := ps.port(spec)
+		if err != nil {
+			return fail(err)
+		}
+		extra = append(extra, p)
+	}
 	if vf.confine {
-		c, err := vmmConfinement("")
+		c, err := vmmConfinement(ps.socketPaths()...)
 		if err != nil {
 			return fail(err)
 		}
 		cfg.Confine = c
+	}
+	if len(ps.files) > 0 {
+		cfg.Confine = openThenConfine(ps.files, cfg.Confine)
 	}
 	if rootShare.set {
 		p, err := filepath.Abs(rootShare.path)
@@ -88,7 +103,7 @@ func runExec(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		rootShare.path = p
 	}
 	ec := guestexec.Config{VM: cfg, Argv: argv, Env: envs, Dir: *dir, RootShare: rootShare.path, Modules: modules, Timeout: *timeout,
-		BootTimeout: *bootTimeout, Stdout: stdout, Stderr: stderr, Log: cfg.Log}
+		BootTimeout: *bootTimeout, Stdout: stdout, Stderr: stderr, Ports: extra, Log: cfg.Log}
 	if *withStdin {
 		ec.Stdin = stdin
 	}

@@ -37,10 +37,10 @@ type Config struct {
 	Ioctls []uint64
 	// Syscalls are system calls allowed beyond Baseline.
 	Syscalls []string
-	// RemovableDir, if set, is a directory in which files may still be
-	// removed (a VMM's API socket, unlinked at exit); Landlock allows
-	// nothing else. Syscalls must then include unlinkat.
-	RemovableDir string
+	// RemovableDirs are directories in which files may still be removed
+	// (a VMM's sockets, unlinked at exit); Landlock allows nothing else.
+	// Syscalls must then include unlinkat.
+	RemovableDirs []string
 	// Signals keeps the right to signal processes outside the Landlock
 	// domain (a VMM stopping the net-device processes it started, which
 	// confined themselves in domains of their own).
@@ -98,8 +98,8 @@ func Confine(cfg Config) error {
 	// the user switched to may not be allowed to reach (a socket in a
 	// directory only root can enter).
 	var rules []landlock.Rule
-	if cfg.RemovableDir != "" {
-		rules = append(rules, landlock.PathAccess(llsys.AccessFSRemoveFile, cfg.RemovableDir))
+	for _, dir := range cfg.RemovableDirs {
+		rules = append(rules, landlock.PathAccess(llsys.AccessFSRemoveFile, dir))
 	}
 	ll := landlock.V11.BestEffort()
 	var err error

@@ -113,8 +113,16 @@ type Config struct {
 	Stdin io.Reader
 	// Console, if not nil, receives a copy of the guest's serial console.
 	Console io.Writer
-	Log     *slog.Logger
+	// Ports are named console ports of the user's (govmd exec --port),
+	// added after the init's own; a name may not start with
+	// PortPrefix. Their queued output is written before Run returns.
+	Ports []console.Port
+	Log   *slog.Logger
 }
+
+// PortPrefix starts the names of the init's own ports, which a port of
+// Config.Ports may not take.
+const PortPrefix = "govmd."
 
 // Timings are the milestones of a run (zero if not reached).
 type Timings struct {
@@ -178,6 +186,11 @@ func Run(ctx context.Context, cfg Config) (Outcome, error) {
 	if cfg.VM.Start.IsZero() {
 		cfg.VM.Start = time.Now()
 	}
+	for _, p := range cfg.Ports {
+		if strings.HasPrefix(p.Name, PortPrefix) || p.Name == "" {
+			return Outcome{}, fmt.Errorf("%w: console port %q: a port needs a name not starting with %s", vmm.ErrConfig, p.Name, PortPrefix)
+		}
+	}
 	spec := execinit.Spec{Argv: cfg.Argv, Env: MergeEnv(execinit.DefaultEnv(), cfg.Env), Dir: cfg.Dir, Stdin: cfg.Stdin != nil}
 	for _, sh := range cfg.VM.Shares {
 		spec.Mounts = append(spec.Mounts, execinit.Mount{Tag: sh.Tag, Dir: "/mnt/" + sh.Tag, ReadOnly: sh.ReadOnly})
@@ -219,6 +232,12 @@ func Run(ctx context.Context, cfg Config) (Outcome, error) {
 	}
 	if cfg.Stdin != nil {
 		vc.ConsolePorts = append(vc.ConsolePorts, console.Port{Name: execinit.PortStdin, In: cfg.Stdin})
+	}
+	// The ports whose output is the command's: flushed once it exits.
+	r.outPorts = []int{portStdout, portStderr}
+	for _, p := range cfg.Ports {
+		r.outPorts = append(r.outPorts, len(vc.ConsolePorts))
+		vc.ConsolePorts = append(vc.ConsolePorts, p)
 	}
 	vm, err := vmm.New(vc)
 	if err != nil {
@@ -262,6 +281,7 @@ type run struct {
 	con      consoleTap
 	panicked chan struct{}
 	panicOne sync.Once
+	outPorts []int // the command's output ports: stdout, stderr, Config.Ports
 }
 
 // wait runs the VM and follows the init's status lines, the timers and
@@ -311,7 +331,7 @@ func (r *run) wait(ctx context.Context, start time.Time) Outcome {
 			r.vm.MarkBoot("cmd_end", now)
 			// The command's last output may still be queued on
 			// the stdout and stderr ports.
-			if err := r.vm.FlushConsole(flushTimeout, portStdout, portStderr); err != nil {
+			if err := r.vm.FlushConsole(flushTimeout, r.outPorts...); err != nil {
 				r.cfg.Log.Warn("exec: the command's output may be incomplete", "err", err)
 			}
 			code := ev.Code
@@ -349,7 +369,7 @@ func (r *run) wait(ctx context.Context, start time.Time) Outcome {
 				// powers off, and the console writes what was queued
 				// then; a guest that does not reset them may have left
 				// the line queued: take what is there.
-				if err := r.vm.FlushConsole(flushTimeout, portStatus, portStdout, portStderr); err != nil {
+				if err := r.vm.FlushConsole(flushTimeout, append([]int{portStatus}, r.outPorts...)...); err != nil {
 					r.cfg.Log.Warn("exec: the guest's last console output may be lost", "err", err)
 				}
 				for drained := false; !drained; {
