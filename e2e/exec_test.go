@@ -120,12 +120,12 @@ func TestExec(t *testing.T) {
 		if strings.Contains(r.stdout, "err") {
 			t.Errorf("stderr leaked into stdout: %q", r.stdout)
 		}
-		m := regexp.MustCompile(`first_entry=([0-9.]+)ms init=([0-9.]+)ms cmd_start=([0-9.]+)ms cmd_end=([0-9.]+)ms end=([0-9.]+)ms`).FindStringSubmatch(r.stderr)
+		m := regexp.MustCompile(`built=([0-9.]+)ms vcpus_start=([0-9.]+)ms first_entry=([0-9.]+)ms init=([0-9.]+)ms cmd_start=([0-9.]+)ms cmd_end=([0-9.]+)ms end=([0-9.]+)ms`).FindStringSubmatch(r.stderr)
 		if m == nil {
 			t.Fatalf("no timings line on stderr:\n%s", r.stderr)
 		}
 		prev := 0.0
-		for i, name := range []string{"first_entry", "init", "cmd_start", "cmd_end", "end"} {
+		for i, name := range []string{"built", "vcpus_start", "first_entry", "init", "cmd_start", "cmd_end", "end"} {
 			var v float64
 			fmt.Sscan(m[i+1], &v)
 			if v < prev {

@@ -15,7 +15,8 @@ type Counters struct {
 	VCPUs   []VCPUCounters   `json:"vcpus"`
 	Devices []DeviceCounters `json:"devices"`
 	// Boot holds the boot timestamps reached so far, in milliseconds
-	// since the VMM started (Config.Start): "first_entry" (a vCPU first
+	// since the VMM started (Config.Start): "built" (New returned),
+	// "vcpus_start" (Run let the vCPUs go), "first_entry" (a vCPU first
 	// entered the guest), and those a guest init reports (govmd exec:
 	// "init", "cmd_start", "cmd_end").
 	Boot map[string]float64 `json:"boot_ms,omitempty"`

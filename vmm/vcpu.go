@@ -143,7 +143,11 @@ func (v *VM) Run(ctx context.Context) (Result, error) {
 	if setupErr != nil {
 		v.end(ExitFailed, setupErr)
 	}
-	v.runStart.Store(time.Now().UnixNano())
+	now := time.Now()
+	v.runStart.Store(now.UnixNano())
+	if setupErr == nil {
+		v.MarkBoot(MarkVCPUsStart, now)
+	}
 	close(start)
 	if v.cfg.GuestProfile != "" {
 		v.sampler = newRIPSampler(10 * time.Millisecond)

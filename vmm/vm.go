@@ -111,6 +111,23 @@ type VM struct {
 	boot       map[string]time.Time // MarkBoot's milestones
 }
 
+// VMM milestones of MarkBoot's, before the guest's first instruction.
+const (
+	// MarkBuilt: New returned (images read, memory, KVM VM and devices
+	// set up).
+	MarkBuilt = "built"
+	// MarkVCPUsStart: Run created and set up the vCPUs, confined the
+	// process and let the vCPUs go.
+	MarkVCPUsStart = "vcpus_start"
+)
+
+// Milestone returns when MarkBoot recorded name, or the zero time.
+func (v *VM) Milestone(name string) time.Time {
+	v.bootMu.Lock()
+	defer v.bootMu.Unlock()
+	return v.boot[name]
+}
+
 // FirstEntry returns when a vCPU first entered the guest (KVM_RUN), or
 // the zero time if none has yet.
 func (v *VM) FirstEntry() time.Time {
@@ -244,6 +261,7 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := v.addPCIDevices(nics, disks, shares); err != nil {
 		return nil, err
 	}
+	v.MarkBoot(MarkBuilt, time.Now())
 	return v, nil
 }
 

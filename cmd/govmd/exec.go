@@ -48,7 +48,7 @@ func runExec(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	var (
 		timeout     = flags.Duration("timeout", 0, "stop CMD after it ran this long (0: no limit); exit status 124")
 		bootTimeout = flags.Duration("boot-timeout", guestexec.DefaultBootTimeout, "give up if CMD has not started after this long; exit status 122")
-		timings     = flags.Bool("timings", false, "print the boot timings on stderr: VMM start, first vCPU entry, init reached, CMD started and ended")
+		timings     = flags.Bool("timings", false, "print the boot timings on stderr, in ms since the VMM started: VM set up (built), vCPUs let go (vcpus_start), first vCPU entry, init reached, CMD started and ended, VM stopped")
 		console     = flags.String("console", "", "write the guest's serial console to this file (default: kept in memory, its end printed when the guest fails)")
 		envs        listFlag
 		dir         = flags.String("dir", "/", "CMD's working directory in the guest")

@@ -127,6 +127,8 @@ const PortPrefix = "govmd."
 // Timings are the milestones of a run (zero if not reached).
 type Timings struct {
 	Start      time.Time // the VMM started (VM.Start)
+	Built      time.Time // the VM was set up (vmm.MarkBuilt)
+	VCPUsStart time.Time // the vCPUs were let go (vmm.MarkVCPUsStart)
 	FirstEntry time.Time // a vCPU first entered the guest
 	Init       time.Time // the kernel reached the init (its first status line)
 	CmdStart   time.Time // the init started the command
@@ -140,7 +142,7 @@ func (t Timings) String() string {
 	for _, m := range []struct {
 		name string
 		t    time.Time
-	}{{"first_entry", t.FirstEntry}, {"init", t.Init}, {"cmd_start", t.CmdStart}, {"cmd_end", t.CmdEnd}, {"end", t.End}} {
+	}{{"built", t.Built}, {"vcpus_start", t.VCPUsStart}, {"first_entry", t.FirstEntry}, {"init", t.Init}, {"cmd_start", t.CmdStart}, {"cmd_end", t.CmdEnd}, {"end", t.End}} {
 		if !m.t.IsZero() {
 			parts = append(parts, fmt.Sprintf("%s=%.1fms", m.name, float64(m.t.Sub(t.Start).Microseconds())/1000))
 		}
@@ -362,6 +364,8 @@ func (r *run) wait(ctx context.Context, start time.Time) Outcome {
 		case res := <-done:
 			out.Timings.End = time.Now()
 			out.Timings.FirstEntry = r.vm.FirstEntry()
+			out.Timings.Built = r.vm.Milestone(vmm.MarkBuilt)
+			out.Timings.VCPUsStart = r.vm.Milestone(vmm.MarkVCPUsStart)
 			if out.Status < 0 && started && !panicked && (res.res == vmm.ExitPowerOff || res.res == vmm.ExitReboot) {
 				// The init writes its status line and powers off at
 				// once; a write(2) on a port returns before the device

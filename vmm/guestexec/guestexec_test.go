@@ -138,8 +138,8 @@ func TestMergeEnv(t *testing.T) {
 
 func TestTimingsString(t *testing.T) {
 	s := time.Unix(100, 0)
-	tm := Timings{Start: s, FirstEntry: s.Add(1500 * time.Microsecond), Init: s.Add(time.Second)}
-	if got := tm.String(); got != "first_entry=1.5ms init=1000.0ms" {
+	tm := Timings{Start: s, Built: s.Add(800 * time.Microsecond), FirstEntry: s.Add(1500 * time.Microsecond), Init: s.Add(time.Second)}
+	if got := tm.String(); got != "built=0.8ms first_entry=1.5ms init=1000.0ms" {
 		t.Fatalf("String = %q", got)
 	}
 }
