@@ -175,6 +175,15 @@ func TestAPI(t *testing.T) {
 		t.Helper()
 		rx := regexp.MustCompile(re)
 		for deadline := time.Now().Add(p.Step); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			// A dead guest prints no more ticks: say so now, not
+			// after the whole step (nested KVM's L0 fault, which
+			// scripts/nested.sh reruns on "guest kernel failed").
+			if crash := g.crashLine(); crash != "" {
+				t.Fatalf("guest kernel failed while waiting for a tick matching %q: %q", re, crash)
+			}
+			if g.exited() {
+				t.Fatalf("the VMM exited while waiting for a tick matching %q; stderr:\n%s", re, g.Stderr())
+			}
 			n := 0
 			for _, l := range g.Console() {
 				if !strings.Contains(l, "GOVMD-TICK") {
