@@ -113,6 +113,7 @@ func (v *VM) Run(ctx context.Context) (Result, error) {
 		go v.consoleInput(ctx, v.cfg.ConsoleIn)
 	}
 
+	clock := newPhaseClock(time.Now())
 	var wg sync.WaitGroup
 	ready := make(chan error, v.cfg.CPUs)
 	start := make(chan struct{})
@@ -129,6 +130,7 @@ func (v *VM) Run(ctx context.Context) (Result, error) {
 			setupErr = err
 		}
 	}
+	clock.mark("vcpus")
 	if setupErr == nil && v.cfg.sharedMemory() && !shmemHugePages() {
 		// Said once everything is set up: bad input stays one error line.
 		v.log.Info("guest RAM is shared with device processes and gets no transparent huge pages: /sys/kernel/mm/transparent_hugepage/shmem_enabled does not allow them (advise does; or sandbox=off)")
@@ -136,10 +138,10 @@ func (v *VM) Run(ctx context.Context) (Result, error) {
 	if setupErr == nil && v.cfg.Confine != nil {
 		if err := v.cfg.Confine(); err != nil {
 			setupErr = fmt.Errorf("vmm: confining the process: %w", err)
-		} else {
-			v.log.Debug("vmm process confined")
 		}
+		clock.mark("confine")
 	}
+	v.log.Debug("vcpus set up", clock.attrs...)
 	if setupErr != nil {
 		v.end(ExitFailed, setupErr)
 	}

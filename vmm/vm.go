@@ -155,9 +155,11 @@ func New(cfg Config) (_ *VM, err error) {
 			v.Close()
 		}
 	}()
+	clock := newPhaseClock(time.Now())
 	prof, why := resolveProfile(cfg.CPUProfile, kvm.DetectHostProfile)
 	v.prof = prof
 	v.log.Debug("cpu profile", "pvm", prof.pvm, "bare", prof.bare, "why", why)
+	clock.mark("profile")
 
 	// 1. Everything that can be wrong with the user's files, before KVM.
 	kernel, err := readImage(cfg.Kernel, "kernel", cfg.loadLimit())
@@ -176,6 +178,7 @@ func New(cfg Config) (_ *VM, err error) {
 	if len(cfg.InitrdAppend) > 0 {
 		initrd = AppendArchive(initrd, cfg.InitrdAppend)
 	}
+	clock.mark("images")
 	ram := ramRanges(cfg.Memory)
 	newMem := memory.New
 	if cfg.sharedMemory() {
@@ -185,6 +188,7 @@ func New(cfg Config) (_ *VM, err error) {
 		return nil, fmt.Errorf("guest memory: %w", err)
 	}
 	v.closers = append(v.closers, v.mem.Close)
+	clock.mark("memory")
 	tables, rsdp, err := acpi.Build(v.acpiConfig(), acpiBase)
 	if err != nil {
 		return nil, fmt.Errorf("ACPI tables: %w", err)
@@ -218,6 +222,7 @@ func New(cfg Config) (_ *VM, err error) {
 	v.log.Debug("kernel loaded", "format", loaded.Format,
 		"kernel", fmt.Sprintf("%#x+%#x", loaded.KernelRange.GPA, loaded.KernelRange.Size),
 		"initrd", fmt.Sprintf("%#x+%#x", loaded.InitrdRange.GPA, loaded.InitrdRange.Size))
+	clock.mark("load")
 	disks, err := openDisks(cfg)
 	if err != nil {
 		return nil, err
@@ -234,6 +239,8 @@ func New(cfg Config) (_ *VM, err error) {
 		return nil, err
 	}
 
+	clock.mark("backends")
+
 	// 2. KVM.
 	if v.sys, err = kvm.Open(""); err != nil {
 		return nil, fmt.Errorf("%w (govmd needs KVM: a readable and writable /dev/kvm)", err)
@@ -243,6 +250,7 @@ func New(cfg Config) (_ *VM, err error) {
 		return nil, err
 	}
 	v.closers = append(v.closers, v.kvm.Close)
+	clock.mark("kvm_vm")
 	if err := v.setupVM(ram); err != nil {
 		return nil, err
 	}
@@ -251,6 +259,7 @@ func New(cfg Config) (_ *VM, err error) {
 		return nil, err
 	}
 	v.cpuid = supported
+	clock.mark("vm_setup")
 
 	// 3. Devices.
 	v.pio = bus.New("pio", v.log)
@@ -261,8 +270,26 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := v.addPCIDevices(nics, disks, shares); err != nil {
 		return nil, err
 	}
+	clock.mark("devices")
+	v.log.Debug("vmm set-up", clock.attrs...)
 	v.MarkBoot(MarkBuilt, time.Now())
 	return v, nil
+}
+
+// phaseClock times the phases of a set-up for a debug log line: where
+// the time to the first guest instruction goes on a slow host.
+type phaseClock struct {
+	last  time.Time
+	attrs []any // name, duration, ...
+}
+
+func newPhaseClock(start time.Time) *phaseClock { return &phaseClock{last: start} }
+
+// mark ends the phase called name.
+func (c *phaseClock) mark(name string) {
+	now := time.Now()
+	c.attrs = append(c.attrs, name, now.Sub(c.last).Round(time.Microsecond))
+	c.last = now
 }
 
 // acpiConfig describes the platform for the ACPI tables.
