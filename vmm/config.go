@@ -307,7 +307,8 @@ func imageSize(path, what string, limit int64) (int64, error) {
 func ReadImage(path, what string, limit int64) ([]byte, error) { return readImage(path, what, limit) }
 
 func readImage(path, what string, limit int64) ([]byte, error) {
-	if _, err := imageSize(path, what, limit); err != nil {
+	size, err := imageSize(path, what, limit)
+	if err != nil {
 		return nil, err
 	}
 	f, err := os.Open(path)
@@ -315,9 +316,23 @@ func readImage(path, what string, limit int64) ([]byte, error) {
 		return nil, configWrap(unwrapPathErr(err), "%s %s", what, path)
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
+	// One buffer of the size seen, read in place (io.ReadAll would copy a
+	// 17 MB vmlinux several times as it grows its buffer), and one byte
+	// more to see a file that grew.
+	b := make([]byte, size+1)
+	n, err := io.ReadFull(f, b)
+	switch {
+	case err == nil || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+		b = b[:n]
+	default:
 		return nil, configWrap(unwrapPathErr(err), "%s %s", what, path)
+	}
+	if n > int(size) {
+		rest, err := io.ReadAll(io.LimitReader(f, limit-int64(n)+1))
+		if err != nil {
+			return nil, configWrap(unwrapPathErr(err), "%s %s", what, path)
+		}
+		b = append(b, rest...)
 	}
 	if int64(len(b)) > limit {
 		return nil, configErr("%s %s grew past %s while being read", what, path, FormatSize(uint64(limit)))
