@@ -162,11 +162,18 @@ func New(cfg Config) (_ *VM, err error) {
 	clock.mark("profile")
 
 	// 1. Everything that can be wrong with the user's files, before KVM.
-	kernel, err := readImage(cfg.Kernel, "kernel", cfg.loadLimit())
+	kernel, unmapKernel, err := mapImage(cfg.Kernel, "kernel", cfg.loadLimit())
 	if err != nil {
 		return nil, err
 	}
-	if _, err := boot.Detect(kernel); err != nil {
+	defer unmapKernel() // copied into guest RAM by boot.Load
+	if err := guardFaults("kernel", cfg.Kernel, func() error {
+		_, err := boot.Detect(kernel)
+		return err
+	}); err != nil {
+		if errors.Is(err, ErrConfig) {
+			return nil, err
+		}
 		return nil, configWrap(err, "kernel %s", cfg.Kernel)
 	}
 	var initrd []byte
@@ -212,10 +219,16 @@ func New(cfg Config) (_ *VM, err error) {
 	if _, err := rand.Read(seed); err != nil {
 		return nil, fmt.Errorf("RNG seed: %w", err)
 	}
-	loaded, err := boot.Load(v.mem, boot.Config{
-		Kernel: kernel, Initrd: initrd, Cmdline: cfg.Cmdline, RAM: ram, RSDP: rsdp, RNGSeed: seed,
-	})
-	if err != nil {
+	var loaded *boot.Loaded
+	if err := guardFaults("kernel", cfg.Kernel, func() (err error) {
+		loaded, err = boot.Load(v.mem, boot.Config{
+			Kernel: kernel, Initrd: initrd, Cmdline: cfg.Cmdline, RAM: ram, RSDP: rsdp, RNGSeed: seed,
+		})
+		return err
+	}); err != nil {
+		if errors.Is(err, ErrConfig) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	v.entry, v.format = loaded.Entry, loaded.Format
