@@ -299,21 +299,44 @@ func imageSize(path, what string, limit int64) (int64, error) {
 	return st.Size(), nil
 }
 
-// readImage reads a kernel or an initrd that imageSize accepts, reading at
-// most limit bytes whatever the file does meanwhile.
 // ReadImage reads a user's file (what names it in errors: "kernel",
 // "--module") of at most limit bytes; a missing, unreadable, oversized or
 // irregular file is an error wrapping ErrConfig.
 func ReadImage(path, what string, limit int64) ([]byte, error) { return readImage(path, what, limit) }
 
-func readImage(path, what string, limit int64) ([]byte, error) {
-	size, err := imageSize(path, what, limit)
-	if err != nil {
-		return nil, err
+// openImage opens a kernel or an initrd that imageSize accepts and checks
+// the file it opened the same way (the path may name another file by
+// then), returning it and its size.
+func openImage(path, what string, limit int64) (*os.File, int64, error) {
+	if _, err := imageSize(path, what, limit); err != nil {
+		return nil, 0, err
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, configWrap(unwrapPathErr(err), "%s %s", what, path)
+		return nil, 0, configWrap(unwrapPathErr(err), "%s %s", what, path)
+	}
+	st, err := f.Stat()
+	switch {
+	case err != nil:
+		err = configWrap(err, "%s %s", what, path)
+	case !st.Mode().IsRegular():
+		err = configErr("%s %s is not a regular file (%s)", what, path, fileKind(st.Mode()))
+	case st.Size() > limit:
+		err = configErr("%s %s grew past %s while being read", what, path, FormatSize(uint64(limit)))
+	}
+	if err != nil {
+		f.Close()
+		return nil, 0, err
+	}
+	return f, st.Size(), nil
+}
+
+// readImage reads a kernel or an initrd (openImage), reading at most
+// limit bytes whatever the file does meanwhile.
+func readImage(path, what string, limit int64) ([]byte, error) {
+	f, size, err := openImage(path, what, limit)
+	if err != nil {
+		return nil, err
 	}
 	defer f.Close()
 	// One buffer of the size seen, read in place (io.ReadAll would copy a

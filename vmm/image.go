@@ -1,41 +1,28 @@
 package vmm
 
 import (
-	"os"
 	"runtime/debug"
 
 	"golang.org/x/sys/unix"
 )
 
 // mapImage maps a user's kernel file read-only (what names it in errors),
-// after the checks of readImage. Mapped, only the pages the loader reads
+// after the checks of openImage. Mapped, only the pages the loader reads
 // (the ELF headers and loadable segments of a vmlinux, ~10 of its 17 MB)
 // are touched, and they are copied once, from the page cache into guest
 // RAM; reading the file would copy it all into the heap first. release
 // unmaps it. The file may shrink while mapped: use the bytes only inside
 // guardFaults.
 func mapImage(path, what string, limit int64) (b []byte, release func(), err error) {
-	if _, err := imageSize(path, what, limit); err != nil {
+	f, size, err := openImage(path, what, limit)
+	if err != nil {
 		return nil, nil, err
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, nil, configWrap(unwrapPathErr(err), "%s %s", what, path)
-	}
 	defer f.Close()
-	st, err := f.Stat() // the file opened, whatever the path names now
-	if err != nil {
-		return nil, nil, configWrap(err, "%s %s", what, path)
-	}
-	switch {
-	case !st.Mode().IsRegular():
-		return nil, nil, configErr("%s %s is not a regular file (%s)", what, path, fileKind(st.Mode()))
-	case st.Size() > limit:
-		return nil, nil, configErr("%s %s grew past %s while being read", what, path, FormatSize(uint64(limit)))
-	case st.Size() == 0:
+	if size == 0 {
 		return nil, func() {}, nil
 	}
-	b, err = unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_PRIVATE)
+	b, err = unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_PRIVATE)
 	if err != nil {
 		// A file system without mmap: read it.
 		b, err := readImage(path, what, limit)
